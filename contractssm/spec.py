@@ -240,6 +240,11 @@ class _Parser:
             if k == refs[0]:
                 if set(f.modifiers) - {"signal"}:
                     raise SpecError(f"signal {f.name!r} in the skip term takes no modifiers")
+                if f.time is not None:
+                    raise SpecError(
+                        f"signal {f.name!r} in the skip term uses ';' (time index {f.time!r}), "
+                        "which only the ssm recurrence may; list the time index as a plain index"
+                    )
                 continue
             if "ssm" in f.modifiers or "signal" in f.modifiers or f.time is not None:
                 raise SpecError(

@@ -82,9 +82,9 @@ def reference(
     ys = []
     for t in range(x.shape[time_axis]):
         x_t = x.select(time_axis, t).to(torch.complex128)
-        u = torch.einsum(pre_eq, x_t, *[ops[w.name] for w in pre])
+        u = torch.einsum(pre_eq, x_t, *[_c(ops[w.name]) for w in pre])
         h = step(h) + gain * u.reshape(u_view)
-        ys.append(torch.einsum(post_eq, h, *[ops[w.name] for w in post]).real)
+        ys.append(torch.einsum(post_eq, h, *[_c(ops[w.name]) for w in post]).real)
     y = torch.stack(ys, dim=graph.output_indices.index(graph.time))
     return y + _skip(graph, ops, letters), h
 
@@ -197,6 +197,10 @@ def _skip(graph: Graph, ops: Mapping[str, object], letters: dict[str, str]) -> T
     terms = [graph.skip.signal_indices, *[w.indices for w in graph.skip.weights]]
     eq = _equation(letters, terms, graph.output_indices)
     return torch.einsum(eq, x, *[ops[w.name] for w in graph.skip.weights])
+
+
+def _c(t: Tensor) -> Tensor:
+    return t.to(torch.complex128)
 
 
 def _letters(graph: Graph) -> dict[str, str]:

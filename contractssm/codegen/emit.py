@@ -1,0 +1,84 @@
+"""Steps -> straight-line Python source, one line (or two) per step.
+
+The emitted function takes the program's inputs as positional tensors, reads the device and
+dtypes once, and runs torch operations only: no branching on tensor values, no host syncs, no
+parsing at call time. Helpers it calls live in :mod:`contractssm.codegen.runtime`.
+"""
+
+from __future__ import annotations
+
+from contractssm.planner.steps import Step
+
+
+def emit_function(
+    name: str,
+    params: tuple[str, ...],
+    steps: tuple[Step, ...],
+    returns: tuple[str, ...],
+    axes: dict[str, str],
+    header: str = "",
+) -> str:
+    """Source of a function ``name(*params)`` running ``steps`` and returning ``returns``.
+
+    Args:
+        name: function name.
+        params: input tensor names, in call order.
+        steps: the program.
+        returns: names of the tensors returned.
+        axes: axes of every input (steps add their outputs).
+        header: a comment block placed above the function (e.g. the plan summary).
+    """
+    axes = dict(axes)
+    lines = [f"def {name}({', '.join(params)}):"]
+    if header:
+        lines += [f"    # {line}" if line else "    #" for line in header.splitlines()]
+    lines += [
+        f"    dev = {params[0]}.device",
+        f"    rdt = {params[0]}.dtype",
+        "    cdt = rt.complex_of(rdt)",
+    ]
+    for step in steps:
+        lines.append(f"    # {_describe(step)}")
+        lines.extend("    " + line for line in _emit(step, axes))
+        axes[step.output] = step.axes
+    lines.append(f"    return {', '.join(returns)}{',' if len(returns) == 1 else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def _describe(step: Step) -> str:
+    shape = f"({', '.join(step.axes)})"
+    what = step.equation or ", ".join(f"{k}={v}" for k, v in step.attrs)
+    return f"[{step.phase}] {step.op} {what} -> {shape}{' complex' if step.is_complex else ''}"
+
+
+def _emit(step: Step, axes: dict[str, str]) -> list[str]:
+    out, ins, a = step.output, step.inputs, step.attrs and dict(step.attrs)
+    op = step.op
+    if op == "einsum":
+        args = ", ".join(ins)
+        return [f'{out} = rt.einsum("{step.equation}", {args})']
+    if op == "real":
+        return [f"{out} = {ins[0]}.real"]
+    if op == "add":
+        return [f"{out} = {ins[0]} + {ins[1]}"]
+    if op == "powers":
+        return [
+            f"{out} = rt.powers({ins[0]}, {a['count']}, {a['scale']}, {a['offset']}, rdt, dev)"
+        ]
+    if op == "decay_toeplitz":
+        return [f"{out} = rt.decay_toeplitz({ins[0]}, {a['scale']}, {a['chunks']}, rdt, dev)"]
+    if op == "closed_form":
+        return [f"{out} = rt.closed_form({ins[0]}, {a['n']}, {a['length']}, rdt, dev)"]
+    if op == "hermitian":
+        return [f"{out} = rt.hermitian({ins[0]}, {a['n']})"]
+    if op in ("rfft", "fft"):
+        return [f"{out} = torch.fft.{op}({ins[0]}, n={a['n']})"]
+    if op in ("irfft", "ifft"):
+        return [f"{out} = torch.fft.{op}({ins[0]}, n={a['n']})[..., :{a['length']}]"]
+    if op == "toeplitz":
+        return [f"{out} = rt.toeplitz({ins[0]}, dev)"]
+    if op == "chunk":
+        return [f"{out} = rt.chunk({ins[0]}, {a['chunk']})"]
+    if op in ("unchunk", "truncate"):
+        return [f"{out} = {ins[0]}.flatten(-2)[..., :{a['length']}]"]
+    raise ValueError(f"no code generator for step op {op!r}")

@@ -1,0 +1,92 @@
+"""Small tensor helpers the generated code calls (each is a few torch operations, no syncs).
+
+Every helper is shape-static given its integer arguments, so ``torch.compile`` traces them
+without graph breaks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def complex_of(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype matching a real one (float64 -> complex128, else complex64)."""
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+def einsum(equation: str, *operands: Tensor) -> Tensor:
+    """``torch.einsum`` that accepts a mix of real and complex operands.
+
+    A real operand meeting a complex one is contracted against the complex operand's real
+    and imaginary parts at once (``view_as_real`` adds a trailing axis), which is one real
+    contraction instead of promoting the real operand to complex.
+    """
+    if len(operands) == 2 and operands[0].is_complex() != operands[1].is_complex():
+        ins, out = equation.split("->")
+        left, right = ins.split(",")
+        if operands[0].is_complex():
+            eq = f"{left}z,{right}->{out}z"
+            res = torch.einsum(eq, torch.view_as_real(operands[0]), operands[1])
+        else:
+            eq = f"{left},{right}z->{out}z"
+            res = torch.einsum(eq, operands[0], torch.view_as_real(operands[1]))
+        return torch.view_as_complex(res.contiguous())
+    return torch.einsum(equation, *operands)
+
+
+def powers(rate: Tensor, count: int, scale: int, offset: int, rdt, dev) -> Tensor:
+    """``exp(rate[..., None] * (offset + scale * arange(count)))``: V[S, tau] and its factors."""
+    tau = offset + scale * torch.arange(count, device=dev, dtype=rdt)
+    return torch.exp(rate.unsqueeze(-1) * tau)
+
+
+def decay_toeplitz(rate: Tensor, scale: int, chunks: int, rdt, dev) -> Tensor:
+    """``exp(rate * scale * (k - 1 - p))`` for ``p < k``, else 0: carries chunk states."""
+    k = torch.arange(chunks, device=dev)
+    lag = k[:, None] - 1 - k[None, :]
+    mask = (lag >= 0).to(rdt)
+    return torch.exp(rate[..., None, None] * (scale * lag.clamp(min=0)).to(rdt)) * mask
+
+
+def closed_form(rate: Tensor, n: int, length: int, rdt, dev) -> Tensor:
+    """The length-``n`` DFT of ``exp(rate * tau)`` for ``tau < length``, in closed form.
+
+    ``sum_tau (a w^-f)^tau = (1 - a^L w^(-fL)) / (1 - a w^-f)`` with ``w = exp(2 pi i / n)``.
+    """
+    f = torch.arange(n, device=dev, dtype=rdt)
+    cdt = complex_of(rdt)
+    # Reduce f*L modulo n before scaling: keeps the phase exact for long sequences.
+    phase_l = torch.remainder(f * length, n) * (-2 * math.pi / n)
+    w_l = torch.polar(torch.ones_like(phase_l), phase_l).to(cdt)
+    w_1 = torch.polar(torch.ones_like(f), f * (-2 * math.pi / n)).to(cdt)
+    a = torch.exp(rate).unsqueeze(-1)
+    a_l = torch.exp(rate * length).unsqueeze(-1)
+    return (1 - a_l * w_l) / (1 - a * w_1)
+
+
+def hermitian(spectrum: Tensor, n: int) -> Tensor:
+    """rfft bins of the real part of a signal whose full length-``n`` DFT is ``spectrum``."""
+    mirrored = torch.roll(torch.flip(spectrum, [-1]), 1, -1)  # spectrum[..., (n - f) % n]
+    half = n // 2 + 1
+    return 0.5 * (spectrum[..., :half] + mirrored[..., :half].conj())
+
+
+def toeplitz(kernel: Tensor, dev) -> Tensor:
+    """``out[..., t, j] = kernel[..., t - j]`` for ``j <= t``, else 0."""
+    n = kernel.shape[-1]
+    t = torch.arange(n, device=dev)
+    lag = t[:, None] - t[None, :]
+    mask = lag >= 0
+    return kernel[..., lag.clamp(min=0)] * mask.to(kernel.real.dtype)
+
+
+def chunk(x: Tensor, size: int) -> Tensor:
+    """Split the last (time) axis into chunks of ``size``, zero-padding the end."""
+    n = x.shape[-1]
+    chunks = -(-n // size)
+    padded = torch.nn.functional.pad(x, (0, chunks * size - n)) if chunks * size != n else x
+    return padded.reshape(*x.shape[:-1], chunks, size)

@@ -1,0 +1,142 @@
+"""Machine profiles: the measured rates the cost model turns FLOPs and bytes into seconds.
+
+A :class:`MachineProfile` holds throughput for each kind of work the executors do. The default
+profile is the one measured on the reference 2-core CPU (float32): matmul ~140 GFLOP/s, FFT
+~6.5 GFLOP/s, elementwise complex work at a few GB/s. :func:`calibrate` measures the current
+device in a few seconds; profiles are stored as JSON per device under the cache directory.
+
+Example:
+    >>> p = default_profile("cpu")
+    >>> p.matmul_gflops["real"]["large"] > p.fft_gflops
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+#: Size classes of a contraction, by its smallest matmul dimension.
+SIZE_CLASSES = ("small", "medium", "large")
+
+
+def size_class(min_dim: int) -> str:
+    """The size class of a contraction whose smallest matmul dimension is ``min_dim``."""
+    if min_dim < 8:
+        return "small"
+    if min_dim < 64:
+        return "medium"
+    return "large"
+
+
+@dataclass(frozen=True)
+class MachineProfile:
+    """Measured throughputs of one device.
+
+    Attributes:
+        name: a label (device kind and name), part of every plan-cache key.
+        matmul_gflops: GFLOP/s of contractions, ``[real|complex][small|medium|large]``.
+        fft_gflops: GFLOP/s of FFTs, counting ``2.5 n log2 n`` flops per real transform.
+        elementwise_gbps: GB/s of memory-bound elementwise work (reads plus writes).
+        transcendental_gelems: billions of complex ``exp`` evaluations per second.
+        launch_us: fixed overhead per operation in microseconds.
+        calibrated: whether the numbers were measured here (False: defaults).
+    """
+
+    name: str
+    matmul_gflops: dict = field(hash=False)
+    fft_gflops: float = 6.5
+    elementwise_gbps: float = 4.0
+    transcendental_gelems: float = 0.15
+    launch_us: float = 8.0
+    calibrated: bool = False
+
+    @property
+    def key(self) -> tuple:
+        """A hashable summary of the profile, for cache keys."""
+        mm = tuple(
+            (kind, cls, round(self.matmul_gflops[kind][cls], 1))
+            for kind in ("real", "complex")
+            for cls in SIZE_CLASSES
+        )
+        return (
+            self.name,
+            mm,
+            round(self.fft_gflops, 2),
+            round(self.elementwise_gbps, 2),
+            round(self.transcendental_gelems, 3),
+            round(self.launch_us, 1),
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MachineProfile:
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` on malformed data."""
+        try:
+            mm = {
+                k: {c: float(data["matmul_gflops"][k][c]) for c in SIZE_CLASSES}
+                for k in ("real", "complex")
+            }
+            return cls(
+                name=str(data["name"]),
+                matmul_gflops=mm,
+                fft_gflops=float(data["fft_gflops"]),
+                elementwise_gbps=float(data["elementwise_gbps"]),
+                transcendental_gelems=float(data["transcendental_gelems"]),
+                launch_us=float(data["launch_us"]),
+                calibrated=bool(data.get("calibrated", False)),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"malformed machine profile: {err}") from None
+
+
+def default_profile(device_kind: str = "cpu") -> MachineProfile:
+    """The built-in profile for a device kind, used until :func:`calibrate` has run."""
+    if device_kind == "cuda":
+        return MachineProfile(
+            name="cuda-default",
+            matmul_gflops={
+                "real": {"small": 500.0, "medium": 5000.0, "large": 30000.0},
+                "complex": {"small": 400.0, "medium": 4000.0, "large": 20000.0},
+            },
+            fft_gflops=2000.0,
+            elementwise_gbps=1500.0,
+            transcendental_gelems=100.0,
+            launch_us=6.0,
+        )
+    return MachineProfile(
+        name=f"{device_kind}-default",
+        matmul_gflops={
+            "real": {"small": 8.0, "medium": 60.0, "large": 140.0},
+            "complex": {"small": 4.0, "medium": 25.0, "large": 60.0},
+        },
+    )
+
+
+def profile_path(cache_dir: str, device_name: str) -> str:
+    """Where the profile of ``device_name`` is stored under ``cache_dir``."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device_name)
+    return os.path.join(cache_dir, f"profile-{safe}.json")
+
+
+def save_profile(profile: MachineProfile, path: str) -> None:
+    """Write a profile atomically (temp file, then rename)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(profile.to_dict(), fh, indent=1)
+    os.replace(tmp, path)
+
+
+def load_profile(path: str) -> MachineProfile | None:
+    """Read a stored profile; ``None`` if it is absent or unreadable."""
+    try:
+        with open(path) as fh:
+            return MachineProfile.from_dict(json.load(fh))
+    except (OSError, ValueError):
+        return None

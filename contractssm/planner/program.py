@@ -1,0 +1,189 @@
+"""A program under construction: named tensors, their axes, and the steps that make them.
+
+:class:`ProgramBuilder` is what lowering writes into. It knows every tensor's axes and
+complexness, prices each step as it is added, and contracts several operands in the cheapest
+pairwise order (exhaustive search with memoisation over operand subsets, via opt_einsum's
+``optimal`` strategy, for up to 8 operands; its ``greedy`` one above that).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import opt_einsum
+
+from contractssm.planner.profile import MachineProfile
+from contractssm.planner.steps import Step, step_seconds
+
+#: Time-like axis letters and what they mean; every other axis is a lowercase graph index.
+TIME_AXES = "TJFWKPRQGHO"
+
+#: Above this many operands, one contraction is ordered greedily rather than exhaustively.
+EXHAUSTIVE_OPERANDS = 8
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the program knows about one tensor."""
+
+    axes: str
+    is_complex: bool
+
+
+class ProgramBuilder:
+    """Accumulates the steps of one program.
+
+    Args:
+        sizes: size of every axis letter (graph indices and time-like axes).
+        inputs: the program's inputs by name.
+        profile: the machine profile used to price steps.
+        itemsize: bytes of one real element (4 for float32).
+    """
+
+    def __init__(
+        self,
+        sizes: dict[str, int],
+        inputs: dict[str, TensorInfo],
+        profile: MachineProfile,
+        itemsize: int,
+    ) -> None:
+        self.sizes = sizes
+        self.tensors = dict(inputs)
+        self.profile = profile
+        self.itemsize = itemsize
+        self.steps: list[Step] = []
+        self._counter = 0
+
+    def fresh(self, prefix: str) -> str:
+        """A tensor name not used yet."""
+        self._counter += 1
+        return f"{prefix}{self._counter}"
+
+    def elements(self, axes: str) -> int:
+        """Number of elements of a tensor with these axes."""
+        return math.prod(self.sizes[a] for a in axes)
+
+    def add(
+        self,
+        op: str,
+        inputs: tuple[str, ...],
+        axes: str,
+        is_complex: bool,
+        phase: str,
+        *,
+        name: str | None = None,
+        equation: str = "",
+        **attrs: int,
+    ) -> str:
+        """Append a step producing a new tensor; returns its name."""
+        name = name or self.fresh(op[0])
+        step = Step(op, name, inputs, axes, is_complex, phase, equation,
+                    tuple(sorted(attrs.items())), self.elements(axes))
+        in_elems = sum(
+            self.elements(self.tensors[i].axes) * (2 if self.tensors[i].is_complex else 1)
+            for i in inputs
+        )
+        seconds, flops = step_seconds(
+            step, self.sizes, in_elems, self.profile, self.itemsize,
+            tuple(self.tensors[i].is_complex for i in inputs),
+        )
+        self.steps.append(
+            Step(op, name, inputs, axes, is_complex, phase, equation, step.attrs,
+                 step.elements, flops, seconds)
+        )
+        self.tensors[name] = TensorInfo(axes, is_complex)
+        return name
+
+    def contract(
+        self,
+        operands: list[tuple[str, str]],
+        out_axes: str,
+        phase: str,
+        *,
+        name: str | None = None,
+    ) -> str:
+        """Contract ``(tensor name, axes as used here)`` pairs into ``out_axes``, pairwise in
+        the cheapest order. A single operand whose axes already equal ``out_axes`` is returned
+        unchanged (no step)."""
+        if len(operands) == 1 and operands[0][1] == out_axes and name is None:
+            return operands[0][0]
+        live = list(operands)
+        if len(live) == 1:
+            (src, axes), = live
+            return self.add("einsum", (src,), out_axes, self.tensors[src].is_complex, phase,
+                            name=name, equation=f"{axes}->{out_axes}")
+        path = _contraction_path(
+            tuple(axes for _, axes in live), out_axes,
+            tuple(sorted((a, self.sizes[a]) for a in set("".join(a for _, a in live)))),
+        )
+        for n_done, (i, j) in enumerate(path):
+            (src_a, axes_a), (src_b, axes_b) = live[i], live[j]
+            rest = [axes for k, (_, axes) in enumerate(live) if k not in (i, j)]
+            last = n_done == len(path) - 1
+            if last:
+                keep = out_axes
+            else:
+                needed = set(out_axes).union(*rest)
+                keep = _ordered(axes_a + axes_b, needed)
+            is_complex = self.tensors[src_a].is_complex or self.tensors[src_b].is_complex
+            new = self.add("einsum", (src_a, src_b), keep, is_complex, phase,
+                           name=name if last else None,
+                           equation=f"{axes_a},{axes_b}->{keep}")
+            live = [op for k, op in enumerate(live) if k not in (i, j)] + [(new, keep)]
+        return live[0][0]
+
+    # -- summaries -------------------------------------------------------------------------
+
+    def seconds(self, backward: bool) -> float:
+        """Predicted seconds of the program (forward, or forward plus backward)."""
+        if not backward:
+            return sum(s.seconds for s in self.steps)
+        # Gradients of a contraction need two contractions; other steps about one more pass.
+        return sum(s.seconds * (3.0 if s.op == "einsum" and "," in s.equation else 2.0)
+                   for s in self.steps)
+
+    def peak_bytes(self, outputs: tuple[str, ...], backward: bool) -> int:
+        """Peak bytes of intermediates: live tensors at the worst step, or, when gradients
+        are needed, every intermediate (autograd saves them for the backward pass)."""
+        def nbytes(name: str) -> int:
+            info = self.tensors[name]
+            return self.elements(info.axes) * self.itemsize * (2 if info.is_complex else 1)
+
+        produced = [s.output for s in self.steps]
+        if backward:
+            return sum(nbytes(n) for n in produced)
+        last_use = {}
+        for k, s in enumerate(self.steps):
+            for i in s.inputs:
+                last_use[i] = k
+        live, peak = 0, 0
+        for k, s in enumerate(self.steps):
+            live += nbytes(s.output)
+            peak = max(peak, live)
+            for i in set(s.inputs):
+                if last_use.get(i) == k and i in produced and i not in outputs:
+                    live -= nbytes(i)
+        return peak
+
+
+def _ordered(axes: str, needed: set[str]) -> str:
+    """The needed axes of ``axes``, first appearance order, time-like axes last."""
+    seen = "".join(dict.fromkeys(a for a in axes if a in needed))
+    return "".join(a for a in seen if a not in TIME_AXES) + "".join(
+        a for a in seen if a in TIME_AXES
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _contraction_path(
+    terms: tuple[str, ...], out: str, sizes: tuple[tuple[str, int], ...]
+) -> tuple[tuple[int, int], ...]:
+    size = dict(sizes)
+    shapes = [tuple(size[a] for a in t) for t in terms]
+    strategy = "optimal" if len(terms) <= EXHAUSTIVE_OPERANDS else "greedy"
+    path, _ = opt_einsum.contract_path(
+        ",".join(terms) + "->" + out, *shapes, shapes=True, optimize=strategy
+    )
+    return tuple(tuple(sorted(p)) for p in path)

@@ -1,0 +1,184 @@
+"""Steps: the instructions a plan is made of, and what each one costs.
+
+A plan lowers a graph into a straight-line program of :class:`Step` values. Each step produces
+one named tensor whose axes are einsum letters: the canonical graph's lowercase indices plus
+the upper-case time axes below. The code generator turns each step into one line of PyTorch;
+the cost model prices each step from a :class:`~contractssm.planner.profile.MachineProfile`.
+
+Time-like axes:
+    ``T`` output time, ``J`` input time (Toeplitz), ``F`` frequency bin, ``K``/``P`` chunk
+    (output/input), ``R``/``Q`` position inside a chunk (output/input), ``G``/``H`` the two
+    factors of a factorised Vandermonde.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from contractssm.planner.profile import MachineProfile, size_class
+
+#: The operations a step may perform (the code generator implements each one).
+OPS = (
+    "einsum",  # out = einsum(equation, *inputs)
+    "real",  # out = inputs[0].real
+    "add",  # out = inputs[0] + inputs[1] (either may be complex; the result is if any is)
+    "powers",  # out[S.., X] = exp(A[S..] * (offset + scale * arange(count)))
+    "decay_toeplitz",  # out[S.., K, P] = exp(A * scale * (K - 1 - P)) for P < K else 0
+    "closed_form",  # out[S.., F] = (1 - a^L w^(-fL)) / (1 - a w^(-f)), w = exp(2 pi i / n)
+    "hermitian",  # out[.., F'] = (in[.., f] + conj(in[.., -f])) / 2 for f <= n / 2
+    "rfft",  # out[.., F] = rfft(in[.., T], n)
+    "fft",  # out[.., F] = fft(in[.., T], n)
+    "irfft",  # out[.., T] = irfft(in[.., F], n)[.., :length]
+    "ifft",  # out[.., T] = ifft(in[.., F], n)[.., :length]
+    "toeplitz",  # out[.., T, J] = in[.., T - J] for J <= T else 0
+    "chunk",  # out[.., K, R] = pad(in[.., T], chunks * chunk) split into chunks
+    "unchunk",  # out[.., T] = in[.., K, R] merged, first `length` steps
+    "truncate",  # out[.., T] = in[.., G, H] merged, first `length` steps
+)
+
+#: Backward cost relative to forward, per op (gradients of both einsum operands cost two
+#: contractions; transforms and elementwise ops cost about one more pass).
+BACKWARD_FACTOR = {"einsum": 2.0}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One instruction of a plan.
+
+    Attributes:
+        op: one of :data:`OPS`.
+        output: the name of the tensor produced.
+        inputs: names of the tensors consumed.
+        axes: the output's axes as einsum letters, in order.
+        is_complex: whether the output is complex.
+        phase: which part of the computation: ``signal``, ``kernel``, ``conv``, ``output``,
+            ``skip`` or ``state``.
+        equation: the einsum equation (``einsum`` steps only).
+        attrs: op-specific integer parameters as ``(name, value)`` pairs.
+        elements: number of elements of the output.
+        flops: floating-point operations (complex multiply-add counts 8).
+        seconds: predicted time on the planning profile (forward only).
+    """
+
+    op: str
+    output: str
+    inputs: tuple[str, ...]
+    axes: str
+    is_complex: bool
+    phase: str
+    equation: str = ""
+    attrs: tuple[tuple[str, int], ...] = ()
+    elements: int = 0
+    flops: float = 0.0
+    seconds: float = 0.0
+
+    def attr(self, name: str) -> int:
+        """The value of attribute ``name``."""
+        return dict(self.attrs)[name]
+
+    def bytes(self, itemsize: int) -> int:
+        """Bytes of the output for a real itemsize (complex doubles it)."""
+        return self.elements * itemsize * (2 if self.is_complex else 1)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return {
+            "op": self.op,
+            "output": self.output,
+            "inputs": list(self.inputs),
+            "axes": self.axes,
+            "complex": self.is_complex,
+            "phase": self.phase,
+            "equation": self.equation,
+            "attrs": dict(self.attrs),
+            "elements": self.elements,
+            "flops": self.flops,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Step:
+        """Inverse of :meth:`to_dict` (raises ``KeyError``/``TypeError`` on bad data)."""
+        op = str(d["op"])
+        if op not in OPS:
+            raise ValueError(f"unknown step op {op!r}")
+        return cls(
+            op=op,
+            output=str(d["output"]),
+            inputs=tuple(str(i) for i in d["inputs"]),
+            axes=str(d["axes"]),
+            is_complex=bool(d["complex"]),
+            phase=str(d["phase"]),
+            equation=str(d["equation"]),
+            attrs=tuple((str(k), int(v)) for k, v in dict(d["attrs"]).items()),
+            elements=int(d["elements"]),
+            flops=float(d["flops"]),
+            seconds=float(d["seconds"]),
+        )
+
+
+# -- costs -----------------------------------------------------------------------------------
+
+
+def einsum_cost(
+    equation: str, sizes: dict[str, int], complex_in: tuple[bool, ...]
+) -> tuple[float, int, int]:
+    """FLOPs, output elements and the smallest matmul dimension of an einsum.
+
+    Two-operand contractions are priced as a batched matmul ``(batch, M, K) x (batch, K, N)``;
+    one-operand ones as a reduction. A complex-by-complex multiply-add is 8 flops, mixed
+    real-by-complex 4, real 2.
+    """
+    ins, out = equation.split("->")
+    terms = ins.split(",")
+    every = set("".join(terms))
+    total = math.prod(sizes[a] for a in every)
+    elements = math.prod(sizes[a] for a in out)
+    n_complex = sum(complex_in)
+    per = 8 if n_complex == 2 else (4 if n_complex == 1 and len(terms) == 2 else 2)
+    if len(terms) == 1:
+        return float(total * (2 if n_complex else 1)), elements, 1
+    a, b = set(terms[0]), set(terms[1])
+    contracted = (a & b) - set(out)
+    m = math.prod(sizes[i] for i in a - b)
+    n = math.prod(sizes[i] for i in b - a)
+    k = math.prod(sizes[i] for i in contracted)
+    return float(total * per / 2 if not contracted else total * per), elements, min(m, n, k)
+
+
+def step_seconds(step: Step, sizes: dict[str, int], inputs_elements: int, profile: MachineProfile,
+                 itemsize: int, complex_inputs: tuple[bool, ...] = ()) -> tuple[float, float]:
+    """Predicted forward seconds and flops of ``step``.
+
+    Every step pays the launch overhead and at least the time to stream its inputs and output
+    through memory; contractions, transforms and transcendental work are priced at their own
+    measured rates on top.
+    """
+    width = 2 if step.is_complex else 1
+    traffic = (inputs_elements + step.elements * width) * itemsize
+    memory_s = traffic / (profile.elementwise_gbps * 1e9)
+    launch_s = profile.launch_us * 1e-6
+    op = step.op
+    if op == "einsum":
+        flops, _, min_dim = einsum_cost(step.equation, sizes, complex_inputs)
+        kind = "complex" if any(complex_inputs) else "real"
+        rate = profile.matmul_gflops[kind][size_class(min_dim)] * 1e9
+        if "->" in step.equation and "," not in step.equation:  # reduction or permute
+            return launch_s + memory_s, flops
+        return launch_s + max(flops / rate, memory_s), flops
+    if op in ("rfft", "irfft", "fft", "ifft"):
+        n = step.attr("n")
+        batch = (step.elements if op in ("rfft", "fft") else inputs_elements) // max(
+            1, (n // 2 + 1) if op in ("rfft", "irfft") else n
+        )
+        per = 2.5 if op in ("rfft", "irfft") else 5.0
+        flops = batch * per * n * math.log2(max(n, 2))
+        return launch_s + max(flops / (profile.fft_gflops * 1e9), memory_s), flops
+    if op in ("powers", "decay_toeplitz"):
+        return launch_s + memory_s + step.elements / (profile.transcendental_gelems * 1e9), 0.0
+    if op == "closed_form":
+        flops = 20.0 * step.elements
+        # A complex division per element plus one power: about four elementwise passes.
+        return launch_s + 4 * memory_s + step.elements / (profile.transcendental_gelems * 1e9) / 8, flops
+    return launch_s + memory_s, float(step.elements if op in ("add", "hermitian") else 0)
