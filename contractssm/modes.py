@@ -49,7 +49,7 @@ def register_mode(name: str, declaration: str, *, overwrite: bool = False) -> Gr
     Raises:
         SpecError: the declaration is invalid, or the name is taken (and not ``overwrite``).
     """
-    if not name.isidentifier():
+    if not isinstance(name, str) or not name.isidentifier():
         raise SpecError(f"mode name {name!r} is not an identifier")
     if name in BUILTIN_MODES or name in ALIASES:
         raise SpecError(f"mode {name!r} is built in and cannot be replaced")

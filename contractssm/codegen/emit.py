@@ -79,6 +79,10 @@ def _emit(step: Step, axes: dict[str, str]) -> list[str]:
         return [f"{out} = rt.toeplitz({ins[0]}, dev)"]
     if op == "chunk":
         return [f"{out} = rt.chunk({ins[0]}, {a['chunk']})"]
+    if op == "recur":
+        a_index = ", ".join(":" if ax in axes[ins[0]] else "None" for ax in step.axes)
+        u_index = ", ".join(":" if ax in axes[ins[2]] else "None" for ax in step.axes)
+        return [f"{out} = torch.exp({ins[0]})[{a_index}] * {ins[1]} + {ins[2]}[{u_index}]"]
     if op in ("unchunk", "truncate"):
         return [f"{out} = {ins[0]}.flatten(-2)[..., :{a['length']}]"]
     raise ValueError(f"no code generator for step op {op!r}")

@@ -98,7 +98,7 @@ def reference_direct(graph: Graph, operands: Mapping[str, object]) -> Tensor:
     ops = _as_float64(graph, operands)
     letters = _letters(graph)
     x = ops[graph.signal.name]
-    L = x.shape[graph.signal.indices.index(graph.time)]
+    L = _sizes(graph, ops)[graph.time]
     kernel = _kernel(graph, ops, L)  # (S..., tau)
     lag = torch.arange(L)[:, None] - torch.arange(L)[None, :]  # (t, j)
     causal = kernel[..., lag.clamp(min=0)] * (lag >= 0)  # (S..., t, j)
@@ -152,6 +152,11 @@ def _sizes(graph: Graph, ops: Mapping[str, object]) -> dict[str, int]:
         else:
             shapes[op.name] = tuple(value.shape)
     sizes = graph.infer_sizes(shapes)
+    if sizes[graph.time] < 1:
+        raise ShapeError(
+            f"signal {graph.signal.name!r} has {sizes[graph.time]} time steps (index "
+            f"{graph.time!r}); the reference needs at least one"
+        )
     if graph.skip is not None:
         x_shape = shapes[graph.signal.name]
         for i, n in zip(graph.skip.signal_indices, x_shape):

@@ -180,12 +180,10 @@ def new_builder(graph: Graph, sizes: dict[str, int], strategy: Strategy | None,
 
 
 def lower_kernel(graph: Graph, sizes: dict[str, int], strategy: Strategy,
-                 profile: MachineProfile, itemsize: int) -> ProgramBuilder:
-    """The kernel-mode program (whole sequence, zero initial state); its output is ``y``."""
+                 profile: MachineProfile, itemsize: int) -> tuple[ProgramBuilder, tuple[str]]:
+    """The kernel-mode program (whole sequence, zero initial state) and its output's name."""
     b = new_builder(graph, sizes, strategy, profile, itemsize)
-    lay = layout_of(graph)
-    emit_kernel_mode(b, graph, lay, strategy)
-    return b
+    return b, (emit_kernel_mode(b, graph, layout_of(graph), strategy),)
 
 
 def emit_kernel_mode(b: ProgramBuilder, graph: Graph, lay: Layout, s: Strategy) -> str:

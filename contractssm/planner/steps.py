@@ -35,6 +35,7 @@ OPS = (
     "chunk",  # out[.., K, R] = pad(in[.., T], chunks * chunk) split into chunks
     "unchunk",  # out[.., T] = in[.., K, R] merged, first `length` steps
     "truncate",  # out[.., T] = in[.., G, H] merged, first `length` steps
+    "recur",  # out[state] = exp(A[S]) * h0[state] + u[..] (one step of the recurrence)
 )
 
 #: Backward cost relative to forward, per op (gradients of both einsum operands cost two

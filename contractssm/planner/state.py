@@ -1,0 +1,122 @@
+"""Programs that carry state: chunked streaming (state in, state out) and step mode.
+
+The recurrent state ``h`` is laid out as ``Graph.state_indices``. It follows
+``h_t = a * h_{t-1} + u_t``, where ``u_t`` is the signal contracted with the *state-input*
+weights: the weights that must act before the recurrence (``Graph.input_weights``) plus the
+state-only weights that :func:`state_input_weights` places on the input side. Every executor
+of a graph at given channel sizes uses the same placement, so a state from ``stream`` can be
+fed to ``step`` and back.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+from contractssm.ir import Graph
+from contractssm.planner.lower import (
+    Strategy,
+    emit_kernel_mode,
+    layout_of,
+    new_builder,
+)
+from contractssm.planner.profile import MachineProfile, default_profile
+from contractssm.planner.program import ProgramBuilder, TensorInfo
+
+
+def state_input_weights(graph: Graph, sizes: dict[str, int]) -> tuple[str, ...]:
+    """The weights applied on the input side of the state (canonical graph, sorted names).
+
+    State-only weights commute with the recurrence (SPEC.md section 2), so each may sit on
+    either side. The side changes what the state holds, so it must not depend on batch size,
+    length, dtype or device: it is chosen by the FLOPs of one step at batch 1 on the default
+    CPU profile, from the channel and state sizes alone.
+    """
+    key = tuple(sorted((i, n) for i, n in sizes.items() if i not in _batch_like(graph)))
+    return _state_input_weights(graph, key)
+
+
+@functools.lru_cache(maxsize=1024)
+def _state_input_weights(graph: Graph, sizes_key: tuple) -> tuple[str, ...]:
+    sizes = dict(sizes_key)
+    for i in _batch_like(graph):
+        sizes[i] = 1
+    sizes[graph.time] = 1
+    required = tuple(w.name for w in graph.input_weights)
+    optional = [w.name for w in graph.state_only_weights]
+    best, best_flops = required, None
+    for r in range(len(optional) + 1):
+        for extra in itertools.combinations(optional, r):
+            sides = tuple(sorted(required + extra))
+            b, _ = lower_step(graph, sizes, sides, default_profile("cpu"), 4)
+            flops = sum(s.flops + s.elements for s in b.steps)
+            if best_flops is None or flops < best_flops - 1e-9:
+                best, best_flops = sides, flops
+    return best
+
+
+def _batch_like(graph: Graph) -> frozenset[str]:
+    """Signal axes no weight or state index touches (pure batch axes such as ``b``)."""
+    touched = set(graph.recurrence.indices).union(*(w.indices for w in graph.weights))
+    return frozenset(i for i in graph.signal.indices if i not in touched and i != graph.time)
+
+
+def _state_extra_inputs(graph: Graph) -> dict[str, TensorInfo]:
+    return {"h0": TensorInfo(layout_of(graph).state, True)}
+
+
+def lower_stream(graph: Graph, sizes: dict[str, int], strategy: Strategy,
+                 state_inputs: tuple[str, ...], profile: MachineProfile,
+                 itemsize: int) -> tuple[ProgramBuilder, tuple[str, str]]:
+    """Kernel mode from initial state ``h0``; outputs ``y`` and the final state ``h``."""
+    b = new_builder(graph, sizes, strategy, profile, itemsize, _state_extra_inputs(graph))
+    lay = layout_of(graph)
+    y0 = emit_kernel_mode(b, graph, lay, strategy)
+    out_side = [w.name for w in graph.weights if w.name not in state_inputs]
+    # The initial state's contribution: Re sum(out-side weights * a^(t+1) * h0).
+    grow = b.add("powers", ("A",), lay.states + "T", True, "state", count=b.sizes["T"],
+                 scale=1, offset=1)
+    yh = b.contract([(grow, lay.states + "T"), ("h0", lay.state),
+                     *[(n, lay.weights[n]) for n in out_side]], lay.output, "state")
+    yh = b.add("real", (yh,), lay.output, False, "state")
+    b.add("add", (y0, yh), lay.output, False, "state", name="y")
+    # The final state: a^L h0 + sum_j a^(L-1-j) u_j.
+    u_axes = _u_axes(graph, lay, state_inputs)
+    u = b.contract([("x", lay.signal), *[(n, lay.weights[n]) for n in state_inputs]],
+                   u_axes + "T", "state")
+    fade = b.add("powers", ("A",), lay.states + "T", True, "state", count=b.sizes["T"],
+                 scale=-1, offset=b.sizes["T"] - 1)
+    hx = b.contract([(fade, lay.states + "T"), (u, u_axes + "T")], lay.state, "state")
+    decay = b.add("powers", ("A",), lay.states + "O", True, "state", count=1, scale=1,
+                  offset=b.sizes["T"])
+    hd = b.contract([(decay, lay.states + "O"), ("h0", lay.state)], lay.state, "state")
+    b.add("add", (hd, hx), lay.state, True, "state", name="h")
+    return b, ("y", "h")
+
+
+def lower_step(graph: Graph, sizes: dict[str, int], state_inputs: tuple[str, ...],
+               profile: MachineProfile, itemsize: int) -> tuple[ProgramBuilder, tuple[str, str]]:
+    """One time step: ``x`` without its time axis and ``h0`` in, ``y`` and ``h`` out."""
+    b = new_builder(graph, sizes, None, profile, itemsize, _state_extra_inputs(graph))
+    lay = layout_of(graph)
+    x_axes = lay.signal.replace("T", "")
+    b.tensors["x"] = TensorInfo(x_axes, False)
+    u_axes = _u_axes(graph, lay, state_inputs)
+    u = b.contract([("x", x_axes), *[(n, lay.weights[n]) for n in state_inputs]], u_axes,
+                   "state")
+    b.add("recur", ("A", "h0", u), lay.state, True, "state", name="h")
+    out = lay.output.replace("T", "")
+    out_side = [w.name for w in graph.weights if w.name not in state_inputs]
+    y = b.contract([("h", lay.state), *[(n, lay.weights[n]) for n in out_side]], out,
+                   "output")
+    y = b.add("real", (y,), out, False, "output")
+    if graph.skip is not None:
+        sk = b.contract([("x", lay.skip_signal.replace("T", "")),
+                         *[(n, a) for n, a in lay.skip_weights.items()]], out, "skip")
+        y = b.add("add", (y, sk), out, False, "skip")
+    return b, (y, "h")
+
+
+def _u_axes(graph: Graph, lay, state_inputs: tuple[str, ...]) -> str:
+    present = set(lay.signal) | set("".join(lay.weights[n] for n in state_inputs))
+    return "".join(a for a in lay.state if a in present)
