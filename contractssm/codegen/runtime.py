@@ -90,3 +90,8 @@ def chunk(x: Tensor, size: int) -> Tensor:
     chunks = -(-n // size)
     padded = torch.nn.functional.pad(x, (0, chunks * size - n)) if chunks * size != n else x
     return padded.reshape(*x.shape[:-1], chunks, size)
+
+
+def as_complex(t: Tensor, real_dtype: torch.dtype) -> Tensor:
+    """``t`` as the complex dtype matching ``real_dtype`` (real tensors become complex)."""
+    return t.to(complex_of(real_dtype))
