@@ -5,6 +5,10 @@ from contractssm.errors import CacheError, ContractSSMError, PlanError, ShapeErr
 from contractssm.ir import Canonical, Graph, Operand, Role, Skip
 from contractssm.modes import ALIASES, BUILTIN_MODES, get_graph, register_mode
 from contractssm.spec import parse
+from contractssm.planner.api import plan
+from contractssm.planner.plan import Plan
+from contractssm.codegen.executor import executors
+from contractssm.codegen.bind import evaluate, evaluate_step, zero_state
 
 __all__ = [
     "ALIASES",
@@ -14,13 +18,19 @@ __all__ = [
     "ContractSSMError",
     "Graph",
     "Operand",
+    "Plan",
     "PlanError",
     "Role",
     "ShapeError",
     "Skip",
     "SpecError",
     "__version__",
+    "evaluate",
+    "evaluate_step",
+    "executors",
     "get_graph",
     "parse",
+    "plan",
     "register_mode",
+    "zero_state",
 ]

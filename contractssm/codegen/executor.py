@@ -15,8 +15,10 @@ Example:
     >>> import torch, contractssm
     >>> p = contractssm.plan("dws", {"b": 2, "c": 3, "n": 4, "l": 16})
     >>> ex = executors(p)
-    >>> print(ex.kernel.source.splitlines()[0])
-    def kernel(x, A, W0):
+    >>> ex.kernel.params
+    ('x', 'A', 'W0')
+    >>> "def kernel(x, A, W0):" in ex.kernel.source
+    True
 """
 
 from __future__ import annotations

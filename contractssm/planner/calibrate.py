@@ -19,9 +19,6 @@ on the device and dtype the plans will run on, with workloads shaped like the ex
 Every timing is the median of several repeats after a warm-up, with the problem grown until one
 call is long enough to time and capped so that the whole run stays within ``budget_s``.
 :func:`profile_for` returns the stored profile of a device, calibrating on request.
-
-Example:
-    >>> p = profile_for("cpu", cache_dir=None, calibrate_if_missing=False)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -48,8 +45,8 @@ from contractssm.planner.profile import (
 MATMUL_SHAPES = {"small": (4, 128, 128), "medium": (32, 128, 128), "large": (128, 128, 256)}
 #: Transform lengths of the FFT measurement.
 FFT_LENGTHS = (2048, 4096, 8192)
-#: Share of the budget per measurement (six matmuls, FFT, elementwise, exp, launch).
-_SHARE = {"matmul": 0.09, "fft": 0.16, "elementwise": 0.1, "exp": 0.12, "launch": 0.04}
+#: Share of the budget per measurement (six matmuls, three FFT lengths, elementwise, exp, launch).
+_SHARE = {"matmul": 0.09, "fft": 0.053, "elementwise": 0.1, "exp": 0.12, "launch": 0.04}
 
 
 def profile_name(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> str:
@@ -93,14 +90,14 @@ class _Bench:
         make: Callable[[int], Callable[[], object]],
         work: Callable[[int], float],
         sizes: list[int],
-        share: float,
+        measure: str,
     ) -> float:
-        """Work per second of ``make(size)``, timed in ``share`` of the budget.
+        """Work per second of ``make(size)``, timed in the budget's share for ``measure``.
 
         The size is the first whose call takes a twelfth of the slice (else the last); the time
         is the median of 3 to 15 repeats after a warm-up.
         """
-        slice_s = share * self.budget_s
+        slice_s = _SHARE[measure] * self.budget_s
         end = time.perf_counter() + slice_s
         for size in sizes:
             fn = make(size)
@@ -122,13 +119,9 @@ class _Bench:
         sizes = self.batches(max(m * k, k * n))
         a = _ramp(sizes[-1] * m * k, dtype, self.dev).reshape(-1, m, k)
         b = _ramp(sizes[-1] * k * n, dtype, self.dev).reshape(-1, k, n)
-        per = 8 if dtype.is_complex else 2
-        return 1e-9 * self.rate(
-            lambda f: lambda: torch.einsum("fmk,fkn->fmn", a[:f], b[:f]),
-            lambda f: f * m * k * n * per,
-            sizes,
-            _SHARE["matmul"],
-        )
+        flops = m * k * n * (8 if dtype.is_complex else 2)
+        mm = lambda f: lambda: torch.einsum("fmk,fkn->fmn", a[:f], b[:f])  # noqa: E731
+        return 1e-9 * self.rate(mm, lambda f: f * flops, sizes, "matmul")
 
     def fft(self, dtype: torch.dtype) -> float:
         """GFLOP/s of ``rfft`` then ``irfft`` (``2.5 n log2 n`` each), equal work per length."""
@@ -139,7 +132,7 @@ class _Bench:
                 lambda c, n=n: lambda: torch.fft.irfft(torch.fft.rfft(x[: c * n].view(c, n)), n),
                 lambda c, f=flops: c * f,
                 self.batches(n),
-                _SHARE["fft"] / len(FFT_LENGTHS),
+                "fft",
             )
             total += flops * (self.cap // n)
             seconds += flops * (self.cap // n) / rate
@@ -149,29 +142,20 @@ class _Bench:
         """GB/s of ``c + a * b`` (4 tensors moved) and billions of ``exp`` per second."""
         a, b, c, out = (_ramp(self.cap, dtype, self.dev) for _ in range(4))
         item = a.element_size()
-        gbps = (
-            1e-9
-            * self.rate(  # a quarter of the cap is already past the caches
-                lambda e: lambda: torch.addcmul(c[:e], a[:e], b[:e], out=out[:e]),
-                lambda e: 4 * e * item,
-                [self.cap >> k for k in (2, 1, 0)],
-                _SHARE["elementwise"],
-            )
+        add = lambda e: lambda: torch.addcmul(c[:e], a[:e], b[:e], out=out[:e])  # noqa: E731
+        # A quarter of the cap is already past the caches.
+        gbps = self.rate(
+            add, lambda e: 4 * e * item, [self.cap >> k for k in (2, 1, 0)], "elementwise"
         )
         z = torch.complex(-2.0 - 2.0 * a.real, 50.0 * a.imag)  # decays and phases, like exp(A t)
-        gelems = 1e-9 * self.rate(
-            lambda e: lambda: torch.exp(z[:e], out=out[:e]),
-            float,
-            [self.cap >> k for k in range(6, -1, -1)],
-            _SHARE["exp"],
-        )
-        return gbps, gelems
+        exp = lambda e: lambda: torch.exp(z[:e], out=out[:e])  # noqa: E731
+        return 1e-9 * gbps, 1e-9 * self.rate(exp, float, self.batches(1), "exp")
 
     def launch_us(self, loop: int = 200) -> float:
         """Microseconds per tiny op, Python dispatch included."""
         x, out = torch.ones(1, device=self.dev), torch.empty(1, device=self.dev)
         ops = lambda _: lambda: [torch.add(x, 1.0, out=out) for _ in range(loop)]  # noqa: E731
-        return 1e6 / self.rate(ops, lambda _: float(loop), [loop], _SHARE["launch"])
+        return 1e6 / self.rate(ops, lambda _: float(loop), [loop], "launch")
 
 
 def calibrate(

@@ -1,0 +1,198 @@
+"""Generated executors against the float64 reference: every algorithm, kernel method, mode.
+
+SPEC.md section 5: kernel mode = reference; chunked streaming concatenated = kernel mode with
+the final state equal to the state after the last step; step mode L times = kernel mode;
+float64 within 1e-9 and float32 within 2e-4 of max|y_ref|. Every test prints its error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from cases import MODES, random_operands, reference_with_state, rel_err
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_reference import graphs_and_sizes
+
+import contractssm
+from contractssm.codegen.bind import canonical_args
+from contractssm.codegen.executor import executors
+from contractssm.codegen.reference import reference
+from contractssm.modes import get_graph
+from contractssm.planner.search import algorithm_options, placements, vandermonde_factor
+
+TOL64, TOL32 = 1e-9, 2e-4
+
+#: Every step kind: (algorithm, kernel method, chunk); chunk 0 means "the planner's choice".
+VARIANTS = [
+    ("fft", "exp", 0),
+    ("fft", "vandermonde", -1),
+    ("fft", "closed_form", 0),
+    ("direct", "exp", 0),
+    ("direct", "vandermonde", -1),
+    ("chunked", "exp", 4),
+    ("chunked", "exp", 5),
+]
+
+
+def forced(mode, sizes, variant, dtype="float64", **options):
+    """A plan for ``mode`` with the variant's algorithm, kernel method and chunk forced."""
+    algorithm, method, chunk = variant
+    graph = get_graph(mode)
+    p = contractssm.plan(graph, sizes, algorithm=algorithm, dtype=dtype, **options)
+    L = sizes[graph.time]
+    if chunk == -1:
+        chunk = vandermonde_factor(L)
+    elif chunk == 0:
+        chunk = p.strategy.chunk
+    return dataclasses.replace(
+        p, strategy=dataclasses.replace(p.strategy, kernel_method=method, chunk=chunk)
+    )
+
+
+def sized(mode, L):
+    graph = get_graph(mode)
+    return graph, {**MODES[mode], graph.time: L}
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v[0]}-{v[1]}-{v[2]}")
+@pytest.mark.parametrize("L", [1, 13, 24])
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_kernel_mode_matches_reference(mode, L, variant):
+    graph, sizes = sized(mode, L)
+    ops = random_operands(graph, sizes)
+    p = forced(mode, sizes, variant)
+    y = executors(p).kernel(*canonical_args(graph, ops))
+    y_ref, _ = reference(graph, ops)
+    err = rel_err(y, y_ref)
+    print(f"{mode} L={L} {p.strategy.describe()}: rel err {err:.2e}")
+    assert y.dtype == torch.float64 and y.shape == y_ref.shape
+    assert err <= TOL64
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_every_candidate_in_the_search_space_is_exact(mode):
+    """Each placement of weights x each algorithm option the search prices."""
+    graph, sizes = sized(mode, 11)
+    ops = random_operands(graph, sizes, seed=1)
+    y_ref, _ = reference(graph, ops)
+    args = canonical_args(graph, ops)
+    base = contractssm.plan(graph, sizes, dtype="float64")
+    canon = graph.canonical().graph
+    worst = 0.0
+    count = 0
+    for sides in placements(tuple(w.name for w in canon.weights)):
+        for algo, method, chunk, n_fft in algorithm_options(11, None):
+            strategy = dataclasses.replace(
+                base.strategy, signal_weights=sides[0], kernel_weights=sides[1],
+                output_weights=sides[2], algorithm=algo, kernel_method=method, chunk=chunk,
+                n_fft=n_fft,
+            )
+            y = executors(dataclasses.replace(base, strategy=strategy)).kernel(*args)
+            worst = max(worst, rel_err(y, y_ref))
+            count += 1
+    print(f"{mode}: {count} candidates, worst rel err {worst:.2e}")
+    assert worst <= TOL64
+
+
+@pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[2], VARIANTS[3], VARIANTS[5]],
+                         ids=lambda v: f"{v[0]}-{v[1]}")
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_streaming_matches_reference_and_final_state(mode, variant):
+    L = 15
+    graph, sizes = sized(mode, L)
+    ops = random_operands(graph, sizes, seed=2)
+    p = contractssm.plan(graph, sizes, dtype="float64")
+    h0 = torch.randn(*[sizes[i] for i in graph.state_indices], 2, dtype=torch.float64)
+    y_ref, h_ref = reference_with_state(graph, p, ops, h0)
+    t_axis = graph.signal.indices.index(graph.time)
+    y_axis = graph.output_indices.index(graph.time)
+    for chunk in (1, 7, L):
+        state, ys, t = h0, [], 0
+        while t < L:
+            n = min(chunk, L - t)
+            part = dict(ops, **{graph.signal.name: ops[graph.signal.name].narrow(t_axis, t, n)})
+            y, state = contractssm.evaluate(graph, part, state=state, algorithm=variant[0])
+            ys.append(y)
+            t += n
+        y = torch.cat(ys, dim=y_axis)
+        err_y = rel_err(y, y_ref)
+        err_h = rel_err(torch.view_as_complex(state), h_ref)
+        print(f"{mode} {variant[0]} chunk={chunk}: output err {err_y:.2e}, state err {err_h:.2e}")
+        assert err_y <= TOL64 and err_h <= TOL64
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_step_mode_matches_reference(mode):
+    L = 9
+    graph, sizes = sized(mode, L)
+    ops = random_operands(graph, sizes, seed=3)
+    p = contractssm.plan(graph, sizes, dtype="float64")
+    h0 = torch.randn(*[sizes[i] for i in graph.state_indices], 2, dtype=torch.float64)
+    y_ref, h_ref = reference_with_state(graph, p, ops, h0)
+    t_axis = graph.signal.indices.index(graph.time)
+    state, ys = h0, []
+    for t in range(L):
+        part = dict(ops, **{graph.signal.name: ops[graph.signal.name].select(t_axis, t)})
+        y, state = contractssm.evaluate_step(graph, part, state)
+        ys.append(y)
+    y = torch.stack(ys, dim=graph.output_indices.index(graph.time))
+    err_y, err_h = rel_err(y, y_ref), rel_err(torch.view_as_complex(state), h_ref)
+    print(f"{mode} step x{L}: output err {err_y:.2e}, state err {err_h:.2e}")
+    assert err_y <= TOL64 and err_h <= TOL64
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v[0]}-{v[1]}-{v[2]}")
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_float32_within_spec_tolerance(mode, variant):
+    graph, sizes = sized(mode, 300)
+    ops = random_operands(graph, sizes, seed=4)
+    y_ref, _ = reference(graph, ops)
+    ops32 = {k: v.to(torch.complex64 if v.is_complex() else torch.float32)
+             for k, v in ops.items()}
+    p = forced(mode, sizes, variant, dtype="float32")
+    y = executors(p).kernel(*canonical_args(graph, ops32))
+    err = rel_err(y, y_ref)
+    print(f"{mode} float32 {p.strategy.describe()}: rel err {err:.2e}")
+    assert y.dtype == torch.float32
+    assert err <= TOL32
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=graphs_and_sizes(), variant=st.sampled_from(VARIANTS), seed=st.integers(0, 2**16))
+def test_random_graphs_every_algorithm(case, variant, seed):
+    graph, sizes, L = case
+    sizes = {i: n for i, n in sizes.items() if i in graph.indices}
+    sizes[graph.time] = L
+    ops = random_operands(graph, sizes, seed=seed)
+    p = forced(graph, sizes, variant)
+    ex = executors(p)
+    y = ex.kernel(*canonical_args(graph, ops))
+    y_ref, _ = reference(graph, ops)
+    err = rel_err(y, y_ref) if y_ref.abs().max() > 0 else y.abs().max().item()
+    print(f"{graph} L={L} {p.strategy.describe()}: rel err {err:.2e}")
+    assert err <= TOL64
+
+
+def test_non_contiguous_inputs():
+    graph, sizes = sized("neck", 20)
+    ops = random_operands(graph, sizes)
+    x = ops["x"]
+    strided = torch.randn(x.shape[2], x.shape[1], x.shape[0], dtype=x.dtype).permute(2, 1, 0)
+    strided.copy_(x)
+    assert not strided.is_contiguous()
+    y = contractssm.evaluate("neck", dict(ops, x=strided))
+    y_ref, _ = reference(graph, ops)
+    assert rel_err(y, y_ref) <= TOL64
+
+
+def test_executor_source_is_straight_line():
+    graph, sizes = sized("neck", 64)
+    for variant in VARIANTS:
+        ex = executors(forced("neck", sizes, variant))
+        for fn in (ex.kernel, ex.stream, ex.step):
+            body = fn.source
+            assert ".item()" not in body and "if " not in body and "for " not in body
+            assert body.count("def ") == 2
