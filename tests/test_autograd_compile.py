@@ -1,0 +1,87 @@
+"""Gradients (gradcheck in float64) for every step kind, torch.compile and autocast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cases import random_operands, rel_err
+from test_executors import VARIANTS, forced, sized
+
+import contractssm
+from contractssm.codegen.bind import canonical_args
+from contractssm.codegen.executor import executors
+
+
+def _leaves(args):
+    return [a.detach().clone().requires_grad_(True) for a in args]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v[0]}-{v[1]}-{v[2]}")
+@pytest.mark.parametrize("mode", ["neck", "s5_mimo"])
+def test_gradcheck_kernel_mode(mode, variant):
+    graph, sizes = sized(mode, 7)
+    sizes = {i: min(n, 2) if i != graph.time else n for i, n in sizes.items()}
+    ops = random_operands(graph, sizes, seed=5)
+    ex = executors(forced(mode, sizes, variant, requires_grad=True))
+    args = _leaves(canonical_args(graph, ops))
+    assert torch.autograd.gradcheck(ex.kernel.fn, args, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["dws", "lru"])
+def test_gradcheck_stream_and_step(mode):
+    graph, sizes = sized(mode, 5)
+    sizes = {i: min(n, 2) if i != graph.time else n for i, n in sizes.items()}
+    ops = random_operands(graph, sizes, seed=6)
+    ex = executors(contractssm.plan(graph, sizes, dtype="float64", requires_grad=True))
+    h0 = torch.randn(*[sizes[i] for i in graph.state_indices], 2, dtype=torch.float64)
+    args = _leaves([*canonical_args(graph, ops), h0])
+    assert torch.autograd.gradcheck(ex.stream.fn, args, eps=1e-6, atol=1e-7, rtol=1e-5)
+    t_axis = graph.signal.indices.index(graph.time)
+    step_args = list(args)
+    step_args[0] = args[0].detach().select(t_axis, 0).clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(ex.step.fn, step_args, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ["fft", "direct", "chunked"])
+def test_compile_fullgraph_no_graph_breaks(algorithm):
+    graph, sizes = sized("neck", 48)
+    ops = random_operands(graph, sizes, dtype=torch.float32, seed=7)
+    ex = executors(contractssm.plan(graph, sizes, algorithm=algorithm))
+    args = canonical_args(graph, ops)
+    explained = torch._dynamo.explain(ex.kernel.fn)(*args)
+    print(f"{algorithm}: graph breaks {explained.graph_break_count}, "
+          f"graphs {explained.graph_count}")
+    assert explained.graph_break_count == 0
+    compiled = torch.compile(ex.kernel.fn, fullgraph=True)
+    err = rel_err(compiled(*args), ex.kernel(*args))
+    print(f"{algorithm}: compiled vs eager rel err {err:.2e}")
+    assert err <= 1e-5
+
+
+def test_compile_stream_and_step():
+    graph, sizes = sized("s5_mimo", 16)
+    ops = random_operands(graph, sizes, dtype=torch.float32, seed=8)
+    ex = executors(contractssm.plan(graph, sizes))
+    args = canonical_args(graph, ops)
+    h0 = torch.randn(*[sizes[i] for i in graph.state_indices], 2)
+    for fn, call in ((ex.stream, [*args, h0]),
+                     (ex.step, [args[0][..., 0], *args[1:], h0])):
+        explained = torch._dynamo.explain(fn.fn)(*call)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        y_c, h_c = torch.compile(fn.fn, fullgraph=True)(*call)
+        y_e, h_e = fn(*call)
+        err = max(rel_err(y_c, y_e), rel_err(h_c, h_e))
+        print(f"{fn.name}: compiled vs eager rel err {err:.2e}")
+        assert err <= 1e-5
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_autocast_runs_in_float32(half):
+    graph, sizes = sized("neck", 64)
+    ops = random_operands(graph, sizes, dtype=torch.float32, seed=9)
+    y32 = contractssm.evaluate("neck", ops)
+    with torch.autocast("cpu", dtype=half):
+        y = contractssm.evaluate("neck", ops)
+    err = rel_err(y, y32)
+    print(f"autocast {half}: dtype {y.dtype}, rel err vs float32 {err:.2e}")
+    assert y.dtype == torch.float32 and err <= 1e-6
