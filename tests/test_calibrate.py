@@ -118,11 +118,11 @@ def test_profile_for_other_dtype_is_a_separate_entry(tmp_path):
     assert found == default_profile("cpu")
 
 
-def test_local_cache_dir_follows_environment(monkeypatch, tmp_path):
+def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("CONTRACTSSM_CACHE_DIR", raising=False)
     monkeypatch.delenv("CONTRACTSSM_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    local = calibrate_module._local_cache_dir
+    local = calibrate_module.default_cache_dir
     seen = {"xdg": local()}
     monkeypatch.setenv("CONTRACTSSM_CACHE_DIR", str(tmp_path / "explicit"))
     seen["explicit"] = local()

@@ -72,7 +72,7 @@ def plan(
     if algorithm not in (None, "fft", "direct", "chunked"):
         raise PlanError(f"unknown algorithm {algorithm!r}; choose fft, direct or chunked")
     n_tune = (4 if autotune is True else int(autotune)) if autotune else 0
-    profile = profile_for(kind, device_name)
+    profile = profile_for(kind, device_name, dtype_name)
     key = (canon.key, tuple(csizes.items()), dtype_name, kind, device_name, objective,
            memory_limit, bool(requires_grad), algorithm, n_tune, profile.key, __version__)
     cache = DEFAULT_CACHE if cache is None else cache
@@ -121,26 +121,29 @@ def _make_plan(graph: Graph, sizes: dict[str, int], dtype: str, kind: str,
     )
 
 
-def profile_for(kind: str, device_name: str) -> MachineProfile:
-    """The machine profile planning uses for a device: calibrated if stored, else default."""
-    found = _PROFILES.get(device_name)
+def profile_for(kind: str, device_name: str, dtype: str = "float32") -> MachineProfile:
+    """The machine profile planning uses: the one stored by ``contractssm calibrate`` for
+    this device and dtype if any, else the device kind's default (looked up once)."""
+    found = _PROFILES.get((device_name, dtype))
     if found is None:
-        try:
-            from contractssm.planner.calibrate import stored_profile
+        if kind in ("cpu", "cuda"):
+            import torch
 
-            found = stored_profile(device_name) or default_profile(kind)
-        except ImportError:
+            from contractssm.planner import calibrate
+
+            found = calibrate.profile_for(device_name, getattr(torch, dtype))
+        else:
             found = default_profile(kind)
-        _PROFILES[device_name] = found
+        _PROFILES[(device_name, dtype)] = found
     return found
 
 
-def set_profile(device_name: str, profile: MachineProfile | None) -> None:
-    """Use ``profile`` for plans on ``device_name`` (``None`` forgets it)."""
+def set_profile(device_name: str, profile: MachineProfile | None, dtype: str = "float32"):
+    """Plan with ``profile`` on ``device_name`` from now on (``None``: look it up again)."""
     if profile is None:
-        _PROFILES.pop(device_name, None)
+        _PROFILES.pop((device_name, dtype), None)
     else:
-        _PROFILES[device_name] = profile
+        _PROFILES[(device_name, dtype)] = profile
 
 
 def _dtype_name(dtype: object) -> str:

@@ -16,7 +16,7 @@ on the device and dtype the plans will run on, with workloads shaped like the ex
 * ``transcendental_gelems``: complex ``exp`` evaluations of a large tensor.
 * ``launch_us``: the fixed cost of one tiny op, Python dispatch included.
 
-Every timing is the median of several repeats after a warm-up, with the problem grown until one
+Every timing is the fastest of several repeats after a warm-up, with the problem grown until one
 call is long enough to time and capped so that the whole run stays within ``budget_s``.
 :func:`profile_for` returns the stored profile of a device, calibrating on request.
 """
@@ -24,14 +24,13 @@ call is long enough to time and capped so that the whole run stays within ``budg
 from __future__ import annotations
 
 import math
-import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
+from contractssm.planner.cachedir import cache_dir
 from contractssm.planner.profile import (
     SIZE_CLASSES,
     MachineProfile,
@@ -95,7 +94,8 @@ class _Bench:
         """Work per second of ``make(size)``, timed in the budget's share for ``measure``.
 
         The size is the first whose call takes a twelfth of the slice (else the last); the time
-        is the median of 3 to 15 repeats after a warm-up.
+        is the fastest of 3 to 15 repeats after a warm-up (scheduler stalls only ever add
+        time, so the minimum is the stable statistic on shared machines).
         """
         slice_s = _SHARE[measure] * self.budget_s
         end = time.perf_counter() + slice_s
@@ -108,7 +108,7 @@ class _Bench:
         times = [elapsed]
         while len(times) < 3 or (len(times) < 15 and time.perf_counter() + elapsed < end):
             times.append(self.time(fn))
-        return work(size) / max(statistics.median(times), 1e-9)
+        return work(size) / max(min(times), 1e-9)
 
     def batches(self, per: int) -> list[int]:
         """Growing batch counts of items of ``per`` elements, up to the cap."""
@@ -194,24 +194,8 @@ def calibrate(
     )
 
 
-def _local_cache_dir() -> str | None:
-    """The cache directory by the environment: ``None`` when ``CONTRACTSSM_CACHE=off``."""
-    if os.environ.get("CONTRACTSSM_CACHE", "").lower() == "off":
-        return None
-    if os.environ.get("CONTRACTSSM_CACHE_DIR"):
-        return os.environ["CONTRACTSSM_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "contractssm")
-
-
 def default_cache_dir() -> str | None:
-    """The package's cache directory (``contractssm.planner.cachedir`` when present)."""
-    try:
-        from contractssm.planner.cachedir import cache_dir
-    except ModuleNotFoundError as err:
-        if err.name != "contractssm.planner.cachedir":
-            raise
-        return _local_cache_dir()
+    """The package's cache directory (``None`` when the disk cache is off)."""
     return cache_dir()
 
 

@@ -210,7 +210,6 @@ def emit_kernel_mode(b: ProgramBuilder, graph: Graph, lay: Layout, s: Strategy) 
     i_u = u_axes[:-1]
     i_z = "".join(a for a in _ordered(i_k + i_u, axes_of(post) | out_lower))
     realk = real_kernel(graph, s)
-    real_after_conv = not any(is_cx[n] for n in post)
 
     if s.algorithm == "fft":
         z = _fft_conv(b, graph, lay, s, u, i_u, i_k, i_z, ker, realk, u_complex)
@@ -220,11 +219,8 @@ def emit_kernel_mode(b: ProgramBuilder, graph: Graph, lay: Layout, s: Strategy) 
         z = b.contract([(tk, i_k + "TJ"), (u, i_u + "J")], i_z + "T", "conv")
     else:
         z = _chunked_conv(b, lay, s, u, i_u, i_k, i_z, ker, realk)
-    if b.tensors[z].is_complex and real_after_conv:
-        z = b.add("real", (z,), i_z + "T", False, "output")
-    y = b.contract([(z, i_z + "T"), *[(n, w_axes[n]) for n in post]], lay.output, "output")
-    if b.tensors[y].is_complex:
-        y = b.add("real", (y,), lay.output, False, "output")
+    y = b.contract_real([(z, i_z + "T"), *[(n, w_axes[n]) for n in post]], lay.output,
+                        "output")
     if graph.skip is not None:
         sk = b.contract(
             [("x", lay.skip_signal), *[(n, a) for n, a in lay.skip_weights.items()]],

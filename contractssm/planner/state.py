@@ -76,9 +76,8 @@ def lower_stream(graph: Graph, sizes: dict[str, int], strategy: Strategy,
     # The initial state's contribution: Re sum(out-side weights * a^(t+1) * h0).
     grow = b.add("powers", ("A",), lay.states + "T", True, "state", count=b.sizes["T"],
                  scale=1, offset=1)
-    yh = b.contract([(grow, lay.states + "T"), ("h0", lay.state),
-                     *[(n, lay.weights[n]) for n in out_side]], lay.output, "state")
-    yh = b.add("real", (yh,), lay.output, False, "state")
+    yh = b.contract_real([(grow, lay.states + "T"), ("h0", lay.state),
+                          *[(n, lay.weights[n]) for n in out_side]], lay.output, "state")
     b.add("add", (y0, yh), lay.output, False, "state", name="y")
     # The final state: a^L h0 + sum_j a^(L-1-j) u_j.
     u_axes = _u_axes(graph, lay, state_inputs)
@@ -107,9 +106,8 @@ def lower_step(graph: Graph, sizes: dict[str, int], state_inputs: tuple[str, ...
     b.add("recur", ("A", "h0", u), lay.state, True, "state", name="h")
     out = lay.output.replace("T", "")
     out_side = [w.name for w in graph.weights if w.name not in state_inputs]
-    y = b.contract([("h", lay.state), *[(n, lay.weights[n]) for n in out_side]], out,
-                   "output")
-    y = b.add("real", (y,), out, False, "output")
+    y = b.contract_real([("h", lay.state), *[(n, lay.weights[n]) for n in out_side]], out,
+                        "output")
     if graph.skip is not None:
         sk = b.contract([("x", lay.skip_signal.replace("T", "")),
                          *[(n, a) for n, a in lay.skip_weights.items()]], out, "skip")
