@@ -1,14 +1,14 @@
 """contractssm: a compiler-style tensor-contraction planner for state-space model layers."""
 
 from contractssm._version import __version__
+from contractssm.codegen.bind import evaluate, evaluate_step, zero_state
+from contractssm.codegen.executor import executors
 from contractssm.errors import CacheError, ContractSSMError, PlanError, ShapeError, SpecError
 from contractssm.ir import Canonical, Graph, Operand, Role, Skip
 from contractssm.modes import ALIASES, BUILTIN_MODES, get_graph, register_mode
-from contractssm.spec import parse
 from contractssm.planner.api import plan
 from contractssm.planner.plan import Plan
-from contractssm.codegen.executor import executors
-from contractssm.codegen.bind import evaluate, evaluate_step, zero_state
+from contractssm.spec import parse
 
 __all__ = [
     "ALIASES",

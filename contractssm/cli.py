@@ -139,9 +139,25 @@ def _build_parse(subparsers: Subparsers) -> None:
 
 # --- entry point -------------------------------------------------------------------------------
 
+
+def _planning(name: str) -> Builder:
+    """A builder from :mod:`contractssm.cli_planning` (imported when the parser is built)."""
+
+    def build(subparsers: Subparsers) -> None:
+        from contractssm import cli_planning
+
+        getattr(cli_planning, f"build_{name}")(subparsers, _add_parser)
+
+    return build
+
+
 COMMANDS: dict[str, Builder] = {
     "modes": _build_modes,
     "parse": _build_parse,
+    "plan": _planning("plan"),
+    "explain": _planning("explain"),
+    "cache": _planning("cache"),
+    "calibrate": _planning("calibrate"),
 }
 
 

@@ -174,16 +174,21 @@ class Graph:
 
     @functools.cached_property
     def input_weights(self) -> tuple[Operand, ...]:
-        """Weights that must act on the signal before the recurrence (they contract signal
-        axes that do not survive into the state)."""
+        """Weights that must act on the signal before the recurrence.
+
+        They contract signal axes that do not survive into the state.
+        """
         state = set(self.state_indices)
         dropped = {i for i in self.signal.indices if i != self.time and i not in state}
         return tuple(w for w in self.weights if dropped & set(w.indices))
 
     @functools.cached_property
     def state_only_weights(self) -> tuple[Operand, ...]:
-        """Weights indexed by state indices only: they commute with the recurrence, so step
-        mode may apply them on either side of the state (SPEC.md section 2)."""
+        """Weights indexed by state indices only.
+
+        They commute with the recurrence, so step mode may apply them on either side of the
+        state (SPEC.md section 2).
+        """
         states = set(self.recurrence.indices)
         return tuple(
             w for w in self.weights if set(w.indices) <= states and w not in self.input_weights
@@ -240,7 +245,7 @@ class Graph:
                     f"operand {name!r} has {len(shape)} axes {shape} but is declared with "
                     f"{len(op.indices)} [{','.join(op.indices)}]"
                 )
-            for i, n in zip(op.indices, shape):
+            for i, n in zip(op.indices, shape, strict=False):
                 if i in sizes and sizes[i] != n:
                     raise SpecError(
                         f"operand {name!r} gives index {i!r} size {n} but operand "
@@ -372,7 +377,9 @@ def _validate(g: Graph) -> None:
     if dup:
         raise SpecError(f"output {g.output_name!r} repeats index {dup[0]!r}")
     if not rec.indices:
-        raise SpecError(f"recurrence {rec.name!r} has no state indices (write e.g. {rec.name}[n;l])")
+        raise SpecError(
+            f"recurrence {rec.name!r} has no state indices (write e.g. {rec.name}[n;l])"
+        )
     if time in rec.indices:
         raise SpecError(f"recurrence {rec.name!r} uses the time index {time!r} as a state index")
     if time not in sig.indices:
@@ -464,8 +471,13 @@ def _relabel(g: Graph, main: tuple[Operand, ...], skip: tuple[Operand, ...]) -> 
 
     out_idx = tuple(lab(i) for i in g.output_indices)
     sig = Operand("x", tuple(lab(i) for i in g.signal.indices), Role.SIGNAL)
-    rec = Operand("A", tuple(lab(i) for i in g.recurrence.indices), Role.RECURRENCE, True,
-                  g.recurrence.generator)
+    rec = Operand(
+        "A",
+        tuple(lab(i) for i in g.recurrence.indices),
+        Role.RECURRENCE,
+        True,
+        g.recurrence.generator,
+    )
     names = [(g.output_name, "y"), (g.signal.name, "x"), (g.recurrence.name, "A")]
     ws = []
     for k, w in enumerate(main):

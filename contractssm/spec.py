@@ -108,7 +108,9 @@ class _Parser:
     def expect(self, punct: str, context: str) -> _Token:
         tok = self.take()
         if tok.text != punct:
-            raise SpecError(f"expected {punct!r} {context} at column {tok.column}, got {tok.text!r}")
+            raise SpecError(
+                f"expected {punct!r} {context} at column {tok.column}, got {tok.text!r}"
+            )
         return tok
 
     def name(self, what: str) -> str:

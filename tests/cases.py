@@ -51,8 +51,7 @@ def state_scale(graph: Graph, plan, operands) -> torch.Tensor | float:
             continue
         w = next(w for w in graph.weights if w.name == original)
         t = operands[original].to(torch.complex128)
-        view = [t.shape[w.indices.index(i)] if i in w.indices else 1
-                for i in graph.state_indices]
+        view = [t.shape[w.indices.index(i)] if i in w.indices else 1 for i in graph.state_indices]
         perm = [w.indices.index(i) for i in graph.state_indices if i in w.indices]
         factor = factor * t.permute(perm).reshape(view)
     return factor

@@ -49,8 +49,9 @@ def test_compile_fullgraph_no_graph_breaks(algorithm):
     ex = executors(contractssm.plan(graph, sizes, algorithm=algorithm))
     args = canonical_args(graph, ops)
     explained = torch._dynamo.explain(ex.kernel.fn)(*args)
-    print(f"{algorithm}: graph breaks {explained.graph_break_count}, "
-          f"graphs {explained.graph_count}")
+    print(
+        f"{algorithm}: graph breaks {explained.graph_break_count}, graphs {explained.graph_count}"
+    )
     assert explained.graph_break_count == 0
     compiled = torch.compile(ex.kernel.fn, fullgraph=True)
     err = rel_err(compiled(*args), ex.kernel(*args))
@@ -64,8 +65,7 @@ def test_compile_stream_and_step():
     ex = executors(contractssm.plan(graph, sizes))
     args = canonical_args(graph, ops)
     h0 = torch.randn(*[sizes[i] for i in graph.state_indices], 2)
-    for fn, call in ((ex.stream, [*args, h0]),
-                     (ex.step, [args[0][..., 0], *args[1:], h0])):
+    for fn, call in ((ex.stream, [*args, h0]), (ex.step, [args[0][..., 0], *args[1:], h0])):
         explained = torch._dynamo.explain(fn.fn)(*call)
         assert explained.graph_break_count == 0, explained.break_reasons
         y_c, h_c = torch.compile(fn.fn, fullgraph=True)(*call)

@@ -86,8 +86,13 @@ def test_every_candidate_in_the_search_space_is_exact(mode):
     for sides in placements(tuple(w.name for w in canon.weights)):
         for algo, method, chunk, n_fft in algorithm_options(11, None):
             strategy = dataclasses.replace(
-                base.strategy, signal_weights=sides[0], kernel_weights=sides[1],
-                output_weights=sides[2], algorithm=algo, kernel_method=method, chunk=chunk,
+                base.strategy,
+                signal_weights=sides[0],
+                kernel_weights=sides[1],
+                output_weights=sides[2],
+                algorithm=algo,
+                kernel_method=method,
+                chunk=chunk,
                 n_fft=n_fft,
             )
             y = executors(dataclasses.replace(base, strategy=strategy)).kernel(*args)
@@ -97,8 +102,9 @@ def test_every_candidate_in_the_search_space_is_exact(mode):
     assert worst <= TOL64
 
 
-@pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[2], VARIANTS[3], VARIANTS[5]],
-                         ids=lambda v: f"{v[0]}-{v[1]}")
+@pytest.mark.parametrize(
+    "variant", [VARIANTS[0], VARIANTS[2], VARIANTS[3], VARIANTS[5]], ids=lambda v: f"{v[0]}-{v[1]}"
+)
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_streaming_matches_reference_and_final_state(mode, variant):
     L = 15
@@ -150,8 +156,7 @@ def test_float32_within_spec_tolerance(mode, variant):
     graph, sizes = sized(mode, 300)
     ops = random_operands(graph, sizes, seed=4)
     y_ref, _ = reference(graph, ops)
-    ops32 = {k: v.to(torch.complex64 if v.is_complex() else torch.float32)
-             for k, v in ops.items()}
+    ops32 = {k: v.to(torch.complex64 if v.is_complex() else torch.float32) for k, v in ops.items()}
     p = forced(mode, sizes, variant, dtype="float32")
     y = executors(p).kernel(*canonical_args(graph, ops32))
     err = rel_err(y, y_ref)
@@ -189,7 +194,7 @@ def test_non_contiguous_inputs():
 
 
 def test_executor_source_is_straight_line():
-    graph, sizes = sized("neck", 64)
+    _, sizes = sized("neck", 64)
     for variant in VARIANTS:
         ex = executors(forced("neck", sizes, variant))
         for fn in (ex.kernel, ex.stream, ex.step):

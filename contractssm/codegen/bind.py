@@ -37,13 +37,16 @@ def canonical_args(graph: Graph, operands: Mapping[str, Tensor]) -> list[Tensor]
         raise ShapeError(f"no tensor given for operand {missing[0]!r}")
     unknown = sorted(set(operands) - {op.name for op in graph.operands})
     if unknown:
-        raise ShapeError(f"unknown operand {unknown[0]!r} (operands: "
-                         f"{', '.join(op.name for op in graph.operands)})")
+        raise ShapeError(
+            f"unknown operand {unknown[0]!r} (operands: "
+            f"{', '.join(op.name for op in graph.operands)})"
+        )
     return [operands[by_canonical[op.name]] for op in canon.graph.operands]
 
 
-def sizes_of(graph: Graph, operands: Mapping[str, Tensor], *, step: bool = False,
-             length: int | None = None) -> dict[str, int]:
+def sizes_of(
+    graph: Graph, operands: Mapping[str, Tensor], *, step: bool = False, length: int | None = None
+) -> dict[str, int]:
     """Index sizes read off the operands' shapes (``step``: the signal has no time axis)."""
     shapes = {name: tuple(t.shape) for name, t in operands.items()}
     x = graph.signal
@@ -56,10 +59,12 @@ def sizes_of(graph: Graph, operands: Mapping[str, Tensor], *, step: bool = False
             raise ShapeError(f"operand {name!r} is a {type(t).__name__}, expected a tensor")
     sizes = graph.infer_sizes(shapes)
     if graph.skip is not None:
-        for i, n in zip(graph.skip.signal_indices, shapes[x.name]):
+        for i, n in zip(graph.skip.signal_indices, shapes[x.name], strict=False):
             if sizes.setdefault(i, n) != n:
-                raise ShapeError(f"the skip term maps signal axis {i!r} of size {n} onto an "
-                                 f"index of size {sizes[i]}")
+                raise ShapeError(
+                    f"the skip term maps signal axis {i!r} of size {n} onto an "
+                    f"index of size {sizes[i]}"
+                )
     if sizes[graph.time] < 1:
         raise ShapeError(f"signal {x.name!r} has length 0 along time index {graph.time!r}")
     return sizes
@@ -122,8 +127,9 @@ def state_shape(plan: Plan) -> tuple[int, ...]:
     return (*[sizes[i] for i in graph.state_indices], 2)
 
 
-def zero_state(mode_or_declaration: str | Graph, operands: Mapping[str, Tensor], *,
-               step: bool = False) -> Tensor:
+def zero_state(
+    mode_or_declaration: str | Graph, operands: Mapping[str, Tensor], *, step: bool = False
+) -> Tensor:
     """A zero state for these operands (same device; float64 if the signal is)."""
     graph = get_graph(mode_or_declaration)
     sizes = sizes_of(graph, operands, step=step)
@@ -139,8 +145,10 @@ def check_state(graph: Graph, ex: Executors, x: Tensor, state: Tensor) -> None:
     if not isinstance(state, Tensor):
         raise ShapeError(f"state must be a tensor, got {type(state).__name__}")
     if tuple(state.shape) != want:
-        raise ShapeError(f"state has shape {tuple(state.shape)}, expected {want} "
-                         f"({','.join(graph.state_indices)}, re/im)")
+        raise ShapeError(
+            f"state has shape {tuple(state.shape)}, expected {want} "
+            f"({','.join(graph.state_indices)}, re/im)"
+        )
     if state.is_complex() or not state.is_floating_point():
         raise ShapeError(f"state must be a real floating tensor (re/im pairs), got {state.dtype}")
     if state.device != x.device:

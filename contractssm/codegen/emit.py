@@ -62,9 +62,7 @@ def _emit(step: Step, axes: dict[str, str]) -> list[str]:
     if op == "add":
         return [f"{out} = {ins[0]} + {ins[1]}"]
     if op == "powers":
-        return [
-            f"{out} = rt.powers({ins[0]}, {a['count']}, {a['scale']}, {a['offset']}, rdt, dev)"
-        ]
+        return [f"{out} = rt.powers({ins[0]}, {a['count']}, {a['scale']}, {a['offset']}, rdt, dev)"]
     if op == "decay_toeplitz":
         return [f"{out} = rt.decay_toeplitz({ins[0]}, {a['scale']}, {a['chunks']}, rdt, dev)"]
     if op == "closed_form":

@@ -34,7 +34,7 @@ from contractssm.codegen.emit import emit_function
 from contractssm.planner.lower import lower_kernel
 from contractssm.planner.plan import Plan
 from contractssm.planner.profile import default_profile
-from contractssm.planner.state import lower_stream, lower_step
+from contractssm.planner.state import lower_step, lower_stream
 from contractssm.spec import parse
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -57,6 +57,7 @@ class Executor:
     fn: object
 
     def __call__(self, *args):
+        """Run the generated function."""
         return self.fn(*args)
 
 
@@ -106,7 +107,9 @@ def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) 
     lines.append("    with torch.autocast(x.device.type, enabled=False):")
     for p in params:
         if p == "h0":
-            lines.append(f"        {p} = torch.view_as_complex({p}.to(torch.{plan.dtype}).contiguous())")
+            lines.append(
+                f"        {p} = torch.view_as_complex({p}.to(torch.{plan.dtype}).contiguous())"
+            )
         elif p in complex_inputs:
             lines.append(f"        {p} = rt.as_complex({p}, torch.{plan.dtype})")
         else:
@@ -122,7 +125,7 @@ def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) 
     # Register the source so tracebacks and torch.compile can show the generated lines.
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace = {"torch": torch, "rt": runtime}
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own generated code
+    exec(compile(source, filename, "exec"), namespace)
     return Executor(name, params, source, namespace[name])
 
 

@@ -159,7 +159,7 @@ def _sizes(graph: Graph, ops: Mapping[str, object]) -> dict[str, int]:
         )
     if graph.skip is not None:
         x_shape = shapes[graph.signal.name]
-        for i, n in zip(graph.skip.signal_indices, x_shape):
+        for i, n in zip(graph.skip.signal_indices, x_shape, strict=False):
             if sizes.setdefault(i, n) != n:
                 raise SpecError(
                     f"skip term indexes signal {graph.signal.name!r} with {i!r} of size {n} "

@@ -69,7 +69,7 @@ def closed_form(rate: Tensor, n: int, length: int, rdt, dev) -> Tensor:
 
 
 def hermitian(spectrum: Tensor, n: int) -> Tensor:
-    """rfft bins of the real part of a signal whose full length-``n`` DFT is ``spectrum``."""
+    """Rfft bins of the real part of a signal whose full length-``n`` DFT is ``spectrum``."""
     mirrored = torch.roll(torch.flip(spectrum, [-1]), 1, -1)  # spectrum[..., (n - f) % n]
     half = n // 2 + 1
     return 0.5 * (spectrum[..., :half] + mirrored[..., :half].conj())

@@ -66,37 +66,68 @@ def plan(
     kind, device_name = _device(device)
     if objective not in OBJECTIVES:
         raise PlanError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    if memory_limit is not None and (isinstance(memory_limit, bool) or
-                                     not isinstance(memory_limit, int) or memory_limit <= 0):
+    if memory_limit is not None and (
+        isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit <= 0
+    ):
         raise PlanError(f"memory_limit must be a positive number of bytes, got {memory_limit!r}")
     if algorithm not in (None, "fft", "direct", "chunked"):
         raise PlanError(f"unknown algorithm {algorithm!r}; choose fft, direct or chunked")
     n_tune = (4 if autotune is True else int(autotune)) if autotune else 0
     profile = profile_for(kind, device_name, dtype_name)
-    key = (canon.key, tuple(csizes.items()), dtype_name, kind, device_name, objective,
-           memory_limit, bool(requires_grad), algorithm, n_tune, profile.key, __version__)
+    key = (
+        canon.key,
+        tuple(csizes.items()),
+        dtype_name,
+        kind,
+        device_name,
+        objective,
+        memory_limit,
+        bool(requires_grad),
+        algorithm,
+        n_tune,
+        profile.key,
+        __version__,
+    )
     cache = DEFAULT_CACHE if cache is None else cache
     found = cache.get(key)
     names = _display_names(canon)
     if found is not None:
         return found.with_names(names)
-    made = _make_plan(canon.graph, csizes, dtype_name, kind, profile, bool(requires_grad),
-                      objective, memory_limit, algorithm)
+    made = _make_plan(
+        canon.graph,
+        csizes,
+        dtype_name,
+        kind,
+        profile,
+        bool(requires_grad),
+        objective,
+        memory_limit,
+        algorithm,
+    )
     if n_tune:
         from contractssm.planner.autotune import autotune_plan
 
-        made = autotune_plan(made, n_tune, device)
+        made = autotune_plan(made, n_tune, device, profile)
     cache.put(key, made)
     return made.with_names(names)
 
 
-def _make_plan(graph: Graph, sizes: dict[str, int], dtype: str, kind: str,
-               profile: MachineProfile, requires_grad: bool, objective: str,
-               memory_limit: int | None, algorithm: str | None) -> Plan:
+def _make_plan(
+    graph: Graph,
+    sizes: dict[str, int],
+    dtype: str,
+    kind: str,
+    profile: MachineProfile,
+    requires_grad: bool,
+    objective: str,
+    memory_limit: int | None,
+    algorithm: str | None,
+) -> Plan:
     from contractssm.planner.lower import lower_kernel
 
-    cands, how = search(graph, sizes, profile, _ITEMSIZE[dtype], requires_grad=requires_grad,
-                        algorithm=algorithm)
+    cands, how = search(
+        graph, sizes, profile, _ITEMSIZE[dtype], requires_grad=requires_grad, algorithm=algorithm
+    )
     ranked = choose(cands, objective, memory_limit)
     best = ranked[0]
     builder, _ = lower_kernel(graph, sizes, best.strategy, profile, _ITEMSIZE[dtype])
@@ -122,8 +153,11 @@ def _make_plan(graph: Graph, sizes: dict[str, int], dtype: str, kind: str,
 
 
 def profile_for(kind: str, device_name: str, dtype: str = "float32") -> MachineProfile:
-    """The machine profile planning uses: the one stored by ``contractssm calibrate`` for
-    this device and dtype if any, else the device kind's default (looked up once)."""
+    """The machine profile planning uses on a device.
+
+    The one stored by ``contractssm calibrate`` for this device and dtype if any, else the
+    device kind's default (looked up once per process).
+    """
     found = _PROFILES.get((device_name, dtype))
     if found is None:
         if kind in ("cpu", "cuda"):

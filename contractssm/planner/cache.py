@@ -18,8 +18,10 @@ import threading
 import warnings
 from collections import OrderedDict
 
+from contractssm._version import __version__
 from contractssm.planner.cachedir import cache_dir
 from contractssm.planner.plan import Plan
+from contractssm.spec import parse
 
 #: Plans kept in memory.
 MEMORY_ENTRIES = 512
@@ -36,7 +38,7 @@ class PlanCache:
 
     _UNSET = object()
 
-    def __init__(self, directory: str | None | object = _UNSET, capacity: int = MEMORY_ENTRIES):
+    def __init__(self, directory: str | object | None = _UNSET, capacity: int = MEMORY_ENTRIES):
         self._directory = directory
         self.capacity = capacity
         self._memory: OrderedDict[tuple, Plan] = OrderedDict()
@@ -93,8 +95,9 @@ class PlanCache:
         directory = self.directory
         if not directory or not os.path.isdir(directory):
             return []
-        return sorted(os.path.join(directory, n) for n in os.listdir(directory)
-                      if n.endswith(".json"))
+        return sorted(
+            os.path.join(directory, n) for n in os.listdir(directory) if n.endswith(".json")
+        )
 
     def path_for(self, key: tuple) -> str | None:
         """The file a key is stored in (``None`` when the disk is off)."""
@@ -128,9 +131,14 @@ class PlanCache:
             if not isinstance(data, dict) or data.get("key") != repr(key):
                 raise ValueError("the key stored in the file does not match")
             plan = Plan.from_dict(data["plan"])
+            if plan.version != __version__:
+                raise ValueError(f"it was made by contractssm {plan.version}, not {__version__}")
+            parse(plan.declaration)  # a SpecError (a ValueError) if the declaration is not one
         except (OSError, ValueError, KeyError, TypeError) as err:
-            self._warn_once(path, f"contractssm: ignoring unusable plan file {path}: {err}; "
-                                  "it will be rewritten")
+            self._warn_once(
+                path,
+                f"contractssm: ignoring unusable plan file {path}: {err}; it will be rewritten",
+            )
             return None
         return plan
 
@@ -152,8 +160,11 @@ class PlanCache:
                 raise
         except OSError as err:
             self._directory = None
-            self._warn_once("unwritable", f"contractssm: plan cache directory {directory} is "
-                                          f"not writable ({err}); keeping plans in memory only")
+            self._warn_once(
+                "unwritable",
+                f"contractssm: plan cache directory {directory} is "
+                f"not writable ({err}); keeping plans in memory only",
+            )
 
 
 #: The process-wide cache used by :func:`contractssm.plan`.

@@ -57,12 +57,16 @@ class Strategy:
         algo = {"fft": f"fft(n={self.n_fft})", "chunked": f"chunked(T={self.chunk})"}.get(
             self.algorithm, self.algorithm
         )
-        method = self.kernel_method + (f"(T={self.chunk})" if self.kernel_method ==
-                                       "vandermonde" else "")
+        method = self.kernel_method + (
+            f"(T={self.chunk})" if self.kernel_method == "vandermonde" else ""
+        )
         sides = " | ".join(
             f"{label}: {','.join(ws) or '-'}"
-            for label, ws in (("signal", self.signal_weights), ("kernel", self.kernel_weights),
-                              ("output", self.output_weights))
+            for label, ws in (
+                ("signal", self.signal_weights),
+                ("kernel", self.kernel_weights),
+                ("output", self.output_weights),
+            )
         )
         return f"{algo} {method} | {sides}"
 
@@ -162,8 +166,14 @@ def real_kernel(graph: Graph, strategy: Strategy) -> bool:
     return not any(by_name[w].is_complex for w in outside)
 
 
-def new_builder(graph: Graph, sizes: dict[str, int], strategy: Strategy | None,
-                profile: MachineProfile, itemsize: int, extra_inputs=()) -> ProgramBuilder:
+def new_builder(
+    graph: Graph,
+    sizes: dict[str, int],
+    strategy: Strategy | None,
+    profile: MachineProfile,
+    itemsize: int,
+    extra_inputs=(),
+) -> ProgramBuilder:
     """A builder whose inputs are the canonical graph's operands (and ``extra_inputs``)."""
     lay = layout_of(graph)
     inputs = {
@@ -179,8 +189,9 @@ def new_builder(graph: Graph, sizes: dict[str, int], strategy: Strategy | None,
 # -- kernel mode -----------------------------------------------------------------------------
 
 
-def lower_kernel(graph: Graph, sizes: dict[str, int], strategy: Strategy,
-                 profile: MachineProfile, itemsize: int) -> tuple[ProgramBuilder, tuple[str]]:
+def lower_kernel(
+    graph: Graph, sizes: dict[str, int], strategy: Strategy, profile: MachineProfile, itemsize: int
+) -> tuple[ProgramBuilder, tuple[str]]:
     """The kernel-mode program (whole sequence, zero initial state) and its output's name."""
     b = new_builder(graph, sizes, strategy, profile, itemsize)
     return b, (emit_kernel_mode(b, graph, layout_of(graph), strategy),)
@@ -205,8 +216,9 @@ def emit_kernel_mode(b: ProgramBuilder, graph: Graph, lay: Layout, s: Strategy) 
 
     # kernel side: K[I_K, tau]
     need_k = axes_of(pre + post) | set(lay.signal) | out_lower
-    i_k = "".join(a for a in _ordered(lay.states + "".join(w_axes[n] for n in ker), need_k)
-                  if a != "T")
+    i_k = "".join(
+        a for a in _ordered(lay.states + "".join(w_axes[n] for n in ker), need_k) if a != "T"
+    )
     i_u = u_axes[:-1]
     i_z = "".join(a for a in _ordered(i_k + i_u, axes_of(post) | out_lower))
     realk = real_kernel(graph, s)
@@ -219,29 +231,43 @@ def emit_kernel_mode(b: ProgramBuilder, graph: Graph, lay: Layout, s: Strategy) 
         z = b.contract([(tk, i_k + "TJ"), (u, i_u + "J")], i_z + "T", "conv")
     else:
         z = _chunked_conv(b, lay, s, u, i_u, i_k, i_z, ker, realk)
-    y = b.contract_real([(z, i_z + "T"), *[(n, w_axes[n]) for n in post]], lay.output,
-                        "output")
+    y = b.contract_real([(z, i_z + "T"), *[(n, w_axes[n]) for n in post]], lay.output, "output")
     if graph.skip is not None:
         sk = b.contract(
             [("x", lay.skip_signal), *[(n, a) for n, a in lay.skip_weights.items()]],
-            lay.output, "skip",
+            lay.output,
+            "skip",
         )
         y = b.add("add", (y, sk), lay.output, False, "skip")
     return y
 
 
-def _time_kernel(b: ProgramBuilder, lay: Layout, method: str, fine: int, ker: list[str],
-                 i_k: str, tau: str, length: int, realk: bool) -> str:
+def _time_kernel(
+    b: ProgramBuilder,
+    lay: Layout,
+    method: str,
+    fine: int,
+    ker: list[str],
+    i_k: str,
+    tau: str,
+    length: int,
+    realk: bool,
+) -> str:
     """K[I_K, tau] for tau < length, by exp in time or a factorised Vandermonde."""
     w_axes = lay.weights
     if method == "vandermonde":
         coarse = math.ceil(length / fine)
-        vg = b.add("powers", ("A",), lay.states + "G", True, "kernel", count=coarse, scale=fine,
-                   offset=0)
-        vh = b.add("powers", ("A",), lay.states + "H", True, "kernel", count=fine, scale=1,
-                   offset=0)
-        kg = b.contract([(vg, lay.states + "G"), (vh, lay.states + "H"),
-                         *[(n, w_axes[n]) for n in ker]], i_k + "GH", "kernel")
+        vg = b.add(
+            "powers", ("A",), lay.states + "G", True, "kernel", count=coarse, scale=fine, offset=0
+        )
+        vh = b.add(
+            "powers", ("A",), lay.states + "H", True, "kernel", count=fine, scale=1, offset=0
+        )
+        kg = b.contract(
+            [(vg, lay.states + "G"), (vh, lay.states + "H"), *[(n, w_axes[n]) for n in ker]],
+            i_k + "GH",
+            "kernel",
+        )
         if realk:
             kg = b.add("real", (kg,), i_k + "GH", False, "kernel")
         return b.add("truncate", (kg,), i_k + tau, not realk, "kernel", length=length)
@@ -258,8 +284,9 @@ def _fft_conv(b, graph, lay, s, u, i_u, i_k, i_z, ker, realk, u_complex) -> str:
         # All n bins of the kernel's spectrum; the real part's rfft bins by Hermitian folding.
         bins = "W" if realk else "F"
         g = b.add("closed_form", ("A",), lay.states + bins, True, "kernel", n=n, length=L)
-        fk = b.contract([(g, lay.states + bins), *[(w, lay.weights[w]) for w in ker]],
-                        i_k + bins, "kernel")
+        fk = b.contract(
+            [(g, lay.states + bins), *[(w, lay.weights[w]) for w in ker]], i_k + bins, "kernel"
+        )
         if realk:
             fk = b.add("hermitian", (fk,), i_k + "F", True, "kernel", n=n)
     else:
@@ -267,8 +294,7 @@ def _fft_conv(b, graph, lay, s, u, i_u, i_k, i_z, ker, realk, u_complex) -> str:
         fk = b.add("rfft" if realk else "fft", (k,), i_k + "F", True, "kernel", n=n)
     fu = b.add("rfft" if realk else "fft", (u,), i_u + "F", True, "conv", n=n)
     fz = b.contract([(fk, i_k + "F"), (fu, i_u + "F")], i_z + "F", "conv")
-    return b.add("irfft" if realk else "ifft", (fz,), i_z + "T", not realk, "conv", n=n,
-                 length=L)
+    return b.add("irfft" if realk else "ifft", (fz,), i_z + "T", not realk, "conv", n=n, length=L)
 
 
 def _chunked_conv(b, lay, s, u, i_u, i_k, i_z, ker, realk) -> str:
@@ -282,19 +308,20 @@ def _chunked_conv(b, lay, s, u, i_u, i_k, i_z, ker, realk) -> str:
     z1 = b.contract([(tk, i_k + "RQ"), (uc, i_u + "KQ")], i_z + "KR", "conv")
     # chunk states: g[k] = sum_q a^(t-1-q) u[k, q]; carried h[k] = sum_{p<k} a^(t(k-1-p)) g[p]
     h_axes = "".join(dict.fromkeys(i_u + lay.states))
-    w_in = b.add("powers", ("A",), lay.states + "Q", True, "conv", count=t, scale=-1,
-                 offset=t - 1)
+    w_in = b.add("powers", ("A",), lay.states + "Q", True, "conv", count=t, scale=-1, offset=t - 1)
     g = b.contract([(w_in, lay.states + "Q"), (uc, i_u + "KQ")], h_axes + "K", "conv")
-    dec = b.add("decay_toeplitz", ("A",), lay.states + "KP", True, "conv", scale=t,
-                chunks=b.sizes["K"])
+    dec = b.add(
+        "decay_toeplitz", ("A",), lay.states + "KP", True, "conv", scale=t, chunks=b.sizes["K"]
+    )
     hp = b.contract([(dec, lay.states + "KP"), (g, h_axes + "P")], h_axes + "K", "conv")
     # inter-chunk: z2[k, r] = sum kernel weights * a^(r+1) * h[k]
     w_out = b.add("powers", ("A",), lay.states + "R", True, "conv", count=t, scale=1, offset=1)
-    z2 = b.contract([(w_out, lay.states + "R"), (hp, h_axes + "K"), *kernel_weights],
-                    i_z + "KR", "conv")
+    z2 = b.contract(
+        [(w_out, lay.states + "R"), (hp, h_axes + "K"), *kernel_weights], i_z + "KR", "conv"
+    )
     if realk:
         z2 = b.add("real", (z2,), i_z + "KR", False, "conv")
-    z = b.add("add", (z1, z2), i_z + "KR", b.tensors[z1].is_complex or
-              b.tensors[z2].is_complex, "conv")
-    return b.add("unchunk", (z,), i_z + "T", b.tensors[z].is_complex, "conv",
-                 length=b.sizes["T"])
+    z = b.add(
+        "add", (z1, z2), i_z + "KR", b.tensors[z1].is_complex or b.tensors[z2].is_complex, "conv"
+    )
+    return b.add("unchunk", (z,), i_z + "T", b.tensors[z].is_complex, "conv", length=b.sizes["T"])

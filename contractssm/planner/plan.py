@@ -147,6 +147,8 @@ class Plan:
         try:
             if d.get("format") != "contractssm-plan":
                 raise ValueError("not a contractssm plan")
+            if d["dtype"] not in ("float32", "float64"):  # it is written into generated code
+                raise ValueError(f"unsupported dtype {d['dtype']!r}")
             limit = d["memory_limit"]
             measured = d["measured_seconds"]
             return cls(
@@ -165,8 +167,12 @@ class Plan:
                 search=str(d["search"]),
                 n_candidates=int(d["n_candidates"]),
                 candidates=tuple(
-                    Candidate(Strategy.from_dict(c["strategy"]), float(c["predicted_seconds"]),
-                              float(c["flops"]), int(c["peak_bytes"]))
+                    Candidate(
+                        Strategy.from_dict(c["strategy"]),
+                        float(c["predicted_seconds"]),
+                        float(c["flops"]),
+                        int(c["peak_bytes"]),
+                    )
                     for c in d["candidates"]
                 ),
                 steps=tuple(Step.from_dict(s) for s in d["steps"]),
@@ -193,8 +199,11 @@ class Plan:
     # -- drawing -------------------------------------------------------------------------
 
     def to_networkx(self):
-        """The kernel-mode program as a ``networkx.DiGraph``: tensors are nodes (with their
-        axes, op and phase), and an edge runs from each input to the step that consumes it."""
+        """The kernel-mode program as a ``networkx.DiGraph``.
+
+        Tensors are nodes (with their axes, op and phase), and an edge runs from each input to
+        the step that consumes it.
+        """
         import networkx as nx
 
         g = nx.DiGraph(declaration=self.declaration, strategy=self.strategy.describe())
@@ -202,11 +211,16 @@ class Plan:
         for s in self.steps:
             for i in s.inputs:
                 if i not in produced and i not in g:
-                    g.add_node(i, op="input", axes="", phase="input",
-                               label=self._display(i))
-            g.add_node(s.output, op=s.op, axes=s.axes, phase=s.phase,
-                       label=f"{s.op}\n{s.equation or s.axes}",
-                       seconds=s.seconds, flops=s.flops)
+                    g.add_node(i, op="input", axes="", phase="input", label=self._display(i))
+            g.add_node(
+                s.output,
+                op=s.op,
+                axes=s.axes,
+                phase=s.phase,
+                label=f"{s.op}\n{s.equation or s.axes}",
+                seconds=s.seconds,
+                flops=s.flops,
+            )
             for i in s.inputs:
                 g.add_edge(i, s.output)
         return g
@@ -214,13 +228,26 @@ class Plan:
     def to_dot(self) -> str:
         """The program in Graphviz DOT (render with ``dot -Tpng``)."""
         g = self.to_networkx()
-        colours = {"input": "white", "signal": "lightblue", "kernel": "khaki", "conv": "salmon",
-                   "output": "palegreen", "skip": "lightgrey", "state": "plum"}
-        lines = ["digraph plan {", "  rankdir=LR;", "  node [shape=box, style=filled];",
-                 f'  label="{_dot_escape(self.strategy.describe())}";']
+        colours = {
+            "input": "white",
+            "signal": "lightblue",
+            "kernel": "khaki",
+            "conv": "salmon",
+            "output": "palegreen",
+            "skip": "lightgrey",
+            "state": "plum",
+        }
+        lines = [
+            "digraph plan {",
+            "  rankdir=LR;",
+            "  node [shape=box, style=filled];",
+            f'  label="{_dot_escape(self.strategy.describe())}";',
+        ]
         for node, data in g.nodes(data=True):
-            lines.append(f'  "{node}" [label="{_dot_escape(data["label"])}", '
-                         f'fillcolor={colours.get(data["phase"], "white")}];')
+            lines.append(
+                f'  "{node}" [label="{_dot_escape(data["label"])}", '
+                f"fillcolor={colours.get(data['phase'], 'white')}];"
+            )
         for a, b in g.edges:
             lines.append(f'  "{a}" -> "{b}";')
         lines.append("}")
@@ -257,20 +284,29 @@ def format_plan(plan: Plan) -> str:
     rows += [
         f"  Chosen:             {_named(plan.strategy.describe(), names)}",
         f"  Predicted time:     {plan.predicted_seconds * 1e3:.3f} ms"
-        + (f"  (measured {plan.measured_seconds * 1e3:.3f} ms)"
-           if plan.measured_seconds is not None else ""),
+        + (
+            f"  (measured {plan.measured_seconds * 1e3:.3f} ms)"
+            if plan.measured_seconds is not None
+            else ""
+        ),
         f"  FLOPs:              {plan.flops:.3e}",
         f"  Peak memory:        {plan.peak_bytes / mib:.2f} MiB",
     ]
     if largest is not None:
-        rows.append(f"  Largest tensor:     {largest.output}({','.join(largest.axes)}) "
-                    f"{largest.bytes(itemsize) / mib:.2f} MiB")
+        rows.append(
+            f"  Largest tensor:     {largest.output}({','.join(largest.axes)}) "
+            f"{largest.bytes(itemsize) / mib:.2f} MiB"
+        )
     if worst is not None and chosen is not None and worst.seconds > 0:
-        rows.append(f"  Search:             {plan.search}, {plan.n_candidates} candidates; "
-                    f"worst kept {worst.seconds * 1e3:.3f} ms")
+        rows.append(
+            f"  Search:             {plan.search}, {plan.n_candidates} candidates; "
+            f"worst kept {worst.seconds * 1e3:.3f} ms"
+        )
     rows.append(f"  Profile:            {plan.profile}")
-    header = f"  {'#':>2}  {'phase':<7} {'op':<14} {'what':<34} {'axes':<10} {'MFLOP':>9} " \
-             f"{'MiB':>8} {'ms':>8}"
+    header = (
+        f"  {'#':>2}  {'phase':<7} {'op':<14} {'what':<34} {'axes':<10} {'MFLOP':>9} "
+        f"{'MiB':>8} {'ms':>8}"
+    )
     rule = "  " + "-" * (len(header) - 2)
     rows += [rule, header, rule]
     for k, s in enumerate(plan.steps):
@@ -285,12 +321,16 @@ def format_plan(plan: Plan) -> str:
         rows.append("  Candidates (predicted, best first):")
         for k, c in enumerate(plan.candidates):
             mark = "*" if c.strategy == plan.strategy else " "
-            rows.append(f"   {mark}{k + 1:>2}. {c.seconds * 1e3:>10.3f} ms {c.peak_bytes / mib:>9.2f}"
-                        f" MiB  {_named(c.strategy.describe(), names)}")
+            rows.append(
+                f"   {mark}{k + 1:>2}. {c.seconds * 1e3:>10.3f} ms {c.peak_bytes / mib:>9.2f}"
+                f" MiB  {_named(c.strategy.describe(), names)}"
+            )
     if plan.autotune:
         rows.append("  Autotune (predicted vs measured):")
         for desc, pred, meas in plan.autotune:
-            rows.append(f"     {pred * 1e3:>10.3f} ms -> {meas * 1e3:>10.3f} ms  {_named(desc, names)}")
+            rows.append(
+                f"     {pred * 1e3:>10.3f} ms -> {meas * 1e3:>10.3f} ms  {_named(desc, names)}"
+            )
     return "\n".join(rows)
 
 

@@ -79,19 +79,43 @@ class ProgramBuilder:
     ) -> str:
         """Append a step producing a new tensor; returns its name."""
         name = name or self.fresh(op[0])
-        step = Step(op, name, inputs, axes, is_complex, phase, equation,
-                    tuple(sorted(attrs.items())), self.elements(axes))
+        step = Step(
+            op,
+            name,
+            inputs,
+            axes,
+            is_complex,
+            phase,
+            equation,
+            tuple(sorted(attrs.items())),
+            self.elements(axes),
+        )
         in_elems = sum(
             self.elements(self.tensors[i].axes) * (2 if self.tensors[i].is_complex else 1)
             for i in inputs
         )
         seconds, flops = step_seconds(
-            step, self.sizes, in_elems, self.profile, self.itemsize,
+            step,
+            self.sizes,
+            in_elems,
+            self.profile,
+            self.itemsize,
             tuple(self.tensors[i].is_complex for i in inputs),
         )
         self.steps.append(
-            Step(op, name, inputs, axes, is_complex, phase, equation, step.attrs,
-                 step.elements, flops, seconds)
+            Step(
+                op,
+                name,
+                inputs,
+                axes,
+                is_complex,
+                phase,
+                equation,
+                step.attrs,
+                step.elements,
+                flops,
+                seconds,
+            )
         )
         self.tensors[name] = TensorInfo(axes, is_complex)
         return name
@@ -104,18 +128,28 @@ class ProgramBuilder:
         *,
         name: str | None = None,
     ) -> str:
-        """Contract ``(tensor name, axes as used here)`` pairs into ``out_axes``, pairwise in
-        the cheapest order. A single operand whose axes already equal ``out_axes`` is returned
-        unchanged (no step)."""
+        """Contract ``(tensor name, axes as used here)`` pairs into ``out_axes``.
+
+        Pairwise, in the cheapest order. A single operand whose axes already equal
+        ``out_axes`` is returned unchanged (no step).
+        """
         if len(operands) == 1 and operands[0][1] == out_axes and name is None:
             return operands[0][0]
         live = list(operands)
         if len(live) == 1:
-            (src, axes), = live
-            return self.add("einsum", (src,), out_axes, self.tensors[src].is_complex, phase,
-                            name=name, equation=f"{axes}->{out_axes}")
+            ((src, axes),) = live
+            return self.add(
+                "einsum",
+                (src,),
+                out_axes,
+                self.tensors[src].is_complex,
+                phase,
+                name=name,
+                equation=f"{axes}->{out_axes}",
+            )
         path = _contraction_path(
-            tuple(axes for _, axes in live), out_axes,
+            tuple(axes for _, axes in live),
+            out_axes,
             tuple(sorted((a, self.sizes[a]) for a in set("".join(a for _, a in live)))),
         )
         for n_done, (i, j) in enumerate(path):
@@ -128,18 +162,24 @@ class ProgramBuilder:
                 needed = set(out_axes).union(*rest)
                 keep = _ordered(axes_a + axes_b, needed)
             is_complex = self.tensors[src_a].is_complex or self.tensors[src_b].is_complex
-            new = self.add("einsum", (src_a, src_b), keep, is_complex, phase,
-                           name=name if last else None,
-                           equation=f"{axes_a},{axes_b}->{keep}")
+            new = self.add(
+                "einsum",
+                (src_a, src_b),
+                keep,
+                is_complex,
+                phase,
+                name=name if last else None,
+                equation=f"{axes_a},{axes_b}->{keep}",
+            )
             live = [op for k, op in enumerate(live) if k not in (i, j)] + [(new, keep)]
         return live[0][0]
 
-    def contract_real(
-        self, operands: list[tuple[str, str]], out_axes: str, phase: str
-    ) -> str:
-        """The real part of a contraction, taken as early as the operands allow: the complex
-        operands are contracted first, the real part taken, then the real operands applied
-        (Re is linear over real factors, and real arithmetic costs a quarter)."""
+    def contract_real(self, operands: list[tuple[str, str]], out_axes: str, phase: str) -> str:
+        """The real part of a contraction, taken as early as the operands allow.
+
+        The complex operands are contracted first, the real part taken, then the real
+        operands applied (Re is linear over real factors; real arithmetic costs a quarter).
+        """
         cx = [op for op in operands if self.tensors[op[0]].is_complex]
         re = [op for op in operands if not self.tensors[op[0]].is_complex]
         if not cx:
@@ -160,12 +200,17 @@ class ProgramBuilder:
         if not backward:
             return sum(s.seconds for s in self.steps)
         # Gradients of a contraction need two contractions; other steps about one more pass.
-        return sum(s.seconds * (3.0 if s.op == "einsum" and "," in s.equation else 2.0)
-                   for s in self.steps)
+        return sum(
+            s.seconds * (3.0 if s.op == "einsum" and "," in s.equation else 2.0) for s in self.steps
+        )
 
     def peak_bytes(self, outputs: tuple[str, ...], backward: bool) -> int:
-        """Peak bytes of intermediates: live tensors at the worst step, or, when gradients
-        are needed, every intermediate (autograd saves them for the backward pass)."""
+        """Peak bytes of intermediates.
+
+        Live tensors at the worst step, or, when gradients are needed, every intermediate
+        (autograd saves them for the backward pass).
+        """
+
         def nbytes(name: str) -> int:
             info = self.tensors[name]
             return self.elements(info.axes) * self.itemsize * (2 if info.is_complex else 1)

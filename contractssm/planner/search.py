@@ -88,21 +88,36 @@ def algorithm_options(length: int, algorithm: str | None) -> Iterator[tuple[str,
 def placements(weights: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], ...]]:
     """Every assignment of weights to (signal, kernel, output) sides."""
     for sides in itertools.product(range(3), repeat=len(weights)):
-        yield tuple(tuple(w for w, s in zip(weights, sides) if s == k) for k in range(3))
+        yield tuple(
+            tuple(w for w, s in zip(weights, sides, strict=False) if s == k) for k in range(3)
+        )
 
 
-def price(graph: Graph, sizes: dict[str, int], strategy: Strategy, profile: MachineProfile,
-          itemsize: int, requires_grad: bool) -> Candidate:
+def price(
+    graph: Graph,
+    sizes: dict[str, int],
+    strategy: Strategy,
+    profile: MachineProfile,
+    itemsize: int,
+    requires_grad: bool,
+) -> Candidate:
     """Lower one strategy and price it."""
     b, outputs = lower_kernel(graph, sizes, strategy, profile, itemsize)
     flops = sum(s.flops for s in b.steps) * (3.0 if requires_grad else 1.0)
-    return Candidate(strategy, b.seconds(requires_grad), flops,
-                     b.peak_bytes(outputs, requires_grad))
+    return Candidate(
+        strategy, b.seconds(requires_grad), flops, b.peak_bytes(outputs, requires_grad)
+    )
 
 
-def search(graph: Graph, sizes: dict[str, int], profile: MachineProfile, itemsize: int,
-           *, requires_grad: bool, algorithm: str | None = None
-           ) -> tuple[list[Candidate], str]:
+def search(
+    graph: Graph,
+    sizes: dict[str, int],
+    profile: MachineProfile,
+    itemsize: int,
+    *,
+    requires_grad: bool,
+    algorithm: str | None = None,
+) -> tuple[list[Candidate], str]:
     """Price the search space; returns the candidates and which search ran.
 
     ``graph`` must be canonical and ``sizes`` keyed by its indices.

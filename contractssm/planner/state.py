@@ -65,52 +65,80 @@ def _state_extra_inputs(graph: Graph) -> dict[str, TensorInfo]:
     return {"h0": TensorInfo(layout_of(graph).state, True)}
 
 
-def lower_stream(graph: Graph, sizes: dict[str, int], strategy: Strategy,
-                 state_inputs: tuple[str, ...], profile: MachineProfile,
-                 itemsize: int) -> tuple[ProgramBuilder, tuple[str, str]]:
+def lower_stream(
+    graph: Graph,
+    sizes: dict[str, int],
+    strategy: Strategy,
+    state_inputs: tuple[str, ...],
+    profile: MachineProfile,
+    itemsize: int,
+) -> tuple[ProgramBuilder, tuple[str, str]]:
     """Kernel mode from initial state ``h0``; outputs ``y`` and the final state ``h``."""
     b = new_builder(graph, sizes, strategy, profile, itemsize, _state_extra_inputs(graph))
     lay = layout_of(graph)
     y0 = emit_kernel_mode(b, graph, lay, strategy)
     out_side = [w.name for w in graph.weights if w.name not in state_inputs]
     # The initial state's contribution: Re sum(out-side weights * a^(t+1) * h0).
-    grow = b.add("powers", ("A",), lay.states + "T", True, "state", count=b.sizes["T"],
-                 scale=1, offset=1)
-    yh = b.contract_real([(grow, lay.states + "T"), ("h0", lay.state),
-                          *[(n, lay.weights[n]) for n in out_side]], lay.output, "state")
+    grow = b.add(
+        "powers", ("A",), lay.states + "T", True, "state", count=b.sizes["T"], scale=1, offset=1
+    )
+    yh = b.contract_real(
+        [(grow, lay.states + "T"), ("h0", lay.state), *[(n, lay.weights[n]) for n in out_side]],
+        lay.output,
+        "state",
+    )
     b.add("add", (y0, yh), lay.output, False, "state", name="y")
     # The final state: a^L h0 + sum_j a^(L-1-j) u_j.
     u_axes = _u_axes(graph, lay, state_inputs)
-    u = b.contract([("x", lay.signal), *[(n, lay.weights[n]) for n in state_inputs]],
-                   u_axes + "T", "state")
-    fade = b.add("powers", ("A",), lay.states + "T", True, "state", count=b.sizes["T"],
-                 scale=-1, offset=b.sizes["T"] - 1)
+    u = b.contract(
+        [("x", lay.signal), *[(n, lay.weights[n]) for n in state_inputs]], u_axes + "T", "state"
+    )
+    fade = b.add(
+        "powers",
+        ("A",),
+        lay.states + "T",
+        True,
+        "state",
+        count=b.sizes["T"],
+        scale=-1,
+        offset=b.sizes["T"] - 1,
+    )
     hx = b.contract([(fade, lay.states + "T"), (u, u_axes + "T")], lay.state, "state")
-    decay = b.add("powers", ("A",), lay.states + "O", True, "state", count=1, scale=1,
-                  offset=b.sizes["T"])
+    decay = b.add(
+        "powers", ("A",), lay.states + "O", True, "state", count=1, scale=1, offset=b.sizes["T"]
+    )
     hd = b.contract([(decay, lay.states + "O"), ("h0", lay.state)], lay.state, "state")
     b.add("add", (hd, hx), lay.state, True, "state", name="h")
     return b, ("y", "h")
 
 
-def lower_step(graph: Graph, sizes: dict[str, int], state_inputs: tuple[str, ...],
-               profile: MachineProfile, itemsize: int) -> tuple[ProgramBuilder, tuple[str, str]]:
+def lower_step(
+    graph: Graph,
+    sizes: dict[str, int],
+    state_inputs: tuple[str, ...],
+    profile: MachineProfile,
+    itemsize: int,
+) -> tuple[ProgramBuilder, tuple[str, str]]:
     """One time step: ``x`` without its time axis and ``h0`` in, ``y`` and ``h`` out."""
     b = new_builder(graph, sizes, None, profile, itemsize, _state_extra_inputs(graph))
     lay = layout_of(graph)
     x_axes = lay.signal.replace("T", "")
     b.tensors["x"] = TensorInfo(x_axes, False)
     u_axes = _u_axes(graph, lay, state_inputs)
-    u = b.contract([("x", x_axes), *[(n, lay.weights[n]) for n in state_inputs]], u_axes,
-                   "state")
+    u = b.contract([("x", x_axes), *[(n, lay.weights[n]) for n in state_inputs]], u_axes, "state")
     b.add("recur", ("A", "h0", u), lay.state, True, "state", name="h")
     out = lay.output.replace("T", "")
     out_side = [w.name for w in graph.weights if w.name not in state_inputs]
-    y = b.contract_real([("h", lay.state), *[(n, lay.weights[n]) for n in out_side]], out,
-                        "output")
+    y = b.contract_real([("h", lay.state), *[(n, lay.weights[n]) for n in out_side]], out, "output")
     if graph.skip is not None:
-        sk = b.contract([("x", lay.skip_signal.replace("T", "")),
-                         *[(n, a) for n, a in lay.skip_weights.items()]], out, "skip")
+        sk = b.contract(
+            [
+                ("x", lay.skip_signal.replace("T", "")),
+                *[(n, a) for n, a in lay.skip_weights.items()],
+            ],
+            out,
+            "skip",
+        )
         y = b.add("add", (y, sk), out, False, "skip")
     return b, (y, "h")
 

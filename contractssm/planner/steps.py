@@ -148,13 +148,19 @@ def einsum_cost(
     return float(total * per / 2 if not contracted else total * per), elements, min(m, n, k)
 
 
-def step_seconds(step: Step, sizes: dict[str, int], inputs_elements: int, profile: MachineProfile,
-                 itemsize: int, complex_inputs: tuple[bool, ...] = ()) -> tuple[float, float]:
+def step_seconds(
+    step: Step,
+    sizes: dict[str, int],
+    inputs_elements: int,
+    profile: MachineProfile,
+    itemsize: int,
+    complex_inputs: tuple[bool, ...] = (),
+) -> tuple[float, float]:
     """Predicted forward seconds and flops of ``step``.
 
-    Every step pays the launch overhead and at least the time to stream its inputs and output
-    through memory; contractions, transforms and transcendental work are priced at their own
-    measured rates on top.
+    A roofline model: every step pays the launch overhead plus the larger of its compute time
+    (FLOPs at the measured rate of its kind) and its memory time (inputs and output streamed
+    at the elementwise bandwidth); transcendental work is added on top.
     """
     width = 2 if step.is_complex else 1
     traffic = (inputs_elements + step.elements * width) * itemsize
@@ -170,9 +176,9 @@ def step_seconds(step: Step, sizes: dict[str, int], inputs_elements: int, profil
         return launch_s + max(flops / rate, memory_s), flops
     if op in ("rfft", "irfft", "fft", "ifft"):
         n = step.attr("n")
-        batch = (step.elements if op in ("rfft", "fft") else inputs_elements) // max(
-            1, (n // 2 + 1) if op in ("rfft", "irfft") else n
-        )
+        # Transforms in the batch: output elements over the output's time-like length.
+        length = {"rfft": n // 2 + 1, "fft": n}.get(op) or step.attr("length")
+        batch = step.elements // max(1, length)
         per = 2.5 if op in ("rfft", "irfft") else 5.0
         flops = batch * per * n * math.log2(max(n, 2))
         return launch_s + max(flops / (profile.fft_gflops * 1e9), memory_s), flops
@@ -181,5 +187,7 @@ def step_seconds(step: Step, sizes: dict[str, int], inputs_elements: int, profil
     if op == "closed_form":
         flops = 20.0 * step.elements
         # A complex division per element plus one power: about four elementwise passes.
-        return launch_s + 4 * memory_s + step.elements / (profile.transcendental_gelems * 1e9) / 8, flops
+        return launch_s + 4 * memory_s + step.elements / (
+            profile.transcendental_gelems * 1e9
+        ) / 8, flops
     return launch_s + memory_s, float(step.elements if op in ("add", "hermitian") else 0)

@@ -1,0 +1,220 @@
+"""CLI subcommands about plans: ``plan``, ``explain``, ``cache`` and ``calibrate``.
+
+Registered into :data:`contractssm.cli.COMMANDS`; each builder adds one subparser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+from contractssm.errors import PlanError, SpecError
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 2**10,
+    "kb": 2**10,
+    "kib": 2**10,
+    "m": 2**20,
+    "mb": 2**20,
+    "mib": 2**20,
+    "g": 2**30,
+    "gb": 2**30,
+    "gib": 2**30,
+}
+
+
+def parse_sizes(text: str) -> dict[str, int]:
+    """``"b=8,c=64,l=1024"`` -> ``{"b": 8, "c": 64, "l": 1024}``."""
+    sizes: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        m = re.fullmatch(r"([A-Za-z_]\w*)\s*=\s*(\d+)", part)
+        if m is None:
+            raise SpecError(f"--sizes entry {part!r} is not NAME=INTEGER (e.g. b=8,c=64,l=1024)")
+        if m.group(1) in sizes:
+            raise SpecError(f"--sizes gives index {m.group(1)!r} twice")
+        sizes[m.group(1)] = int(m.group(2))
+    if not sizes:
+        raise SpecError("--sizes is empty; give e.g. b=8,c=64,l=1024")
+    return sizes
+
+
+def parse_bytes(text: str) -> int:
+    """``"2GiB"`` -> 2147483648; plain integers are bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if m is None or m.group(2).lower() not in _UNITS:
+        raise PlanError(f"--memory-limit {text!r} is not a size like 512MiB, 2GiB or 1000000")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _add_plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "mode",
+        metavar="MODE_OR_DECLARATION",
+        help="a built-in mode (dws, s5, neck, full, s4d, s5_mimo, lru) or a declaration",
+    )
+    p.add_argument("--sizes", required=True, help="index sizes, e.g. b=8,c=64,d=64,n=16,l=1024")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--objective", default="time", choices=("time", "flops", "memory"))
+    p.add_argument("--memory-limit", default=None, help="bytes, or e.g. 512MiB, 2GiB")
+    p.add_argument("--algorithm", default=None, choices=("fft", "direct", "chunked"))
+    p.add_argument("--train", action="store_true", help="cost forward plus backward")
+    p.add_argument("--autotune", action="store_true", help="time the best 4 candidates")
+
+
+def _make_plan(args: argparse.Namespace):
+    from contractssm.planner.api import plan
+
+    limit = None if args.memory_limit is None else parse_bytes(args.memory_limit)
+    return plan(
+        args.mode,
+        parse_sizes(args.sizes),
+        dtype=args.dtype,
+        device=args.device,
+        requires_grad=args.train,
+        objective=args.objective,
+        memory_limit=limit,
+        algorithm=args.algorithm,
+        autotune=args.autotune,
+    )
+
+
+def _write_dot(plan, path: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(plan.to_dot())
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    p = _make_plan(args)
+    if args.dot:
+        _write_dot(p, args.dot)
+    print(p.to_json() if args.json else p)
+    return 0
+
+
+def build_plan(subparsers, add_parser) -> None:
+    """Register ``contractssm plan``."""
+    p = add_parser(
+        subparsers,
+        "plan",
+        "Plan a mode at given sizes and print the plan.",
+        "examples:\n"
+        "  contractssm plan neck --sizes b=8,c=64,d=64,n=4,m=16,l=1024\n"
+        "  contractssm plan full --sizes b=1,c=256,d=256,n=16,l=4096 --train --json\n"
+        "  contractssm plan s5 --sizes b=8,c=64,d=64,s=64,l=4096 --memory-limit 64MiB --dot p.dot",
+    )
+    _add_plan_options(p)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--dot", metavar="FILE", help="also write the plan's graph in DOT")
+    p.set_defaults(func=_run_plan)
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from contractssm.codegen.executor import executors
+
+    p = _make_plan(args)
+    ex = executors(p)
+    print(p)
+    print("\n# generated kernel-mode executor\n")
+    print(ex.kernel.source)
+    if args.all:
+        print("# generated streaming executor\n")
+        print(ex.stream.source)
+        print("# generated step executor\n")
+        print(ex.step.source)
+    if args.dot:
+        _write_dot(p, args.dot)
+    return 0
+
+
+def build_explain(subparsers, add_parser) -> None:
+    """Register ``contractssm explain``."""
+    p = add_parser(
+        subparsers,
+        "explain",
+        "Print a plan and the exact source of its generated executors.",
+        "examples:\n"
+        "  contractssm explain dws --sizes b=8,c=64,n=16,l=1024\n"
+        "  contractssm explain 'y[b,d,l] = C[d,s] * ssm A[s;l] * B[s,c] * signal x[b,c,l]' \\\n"
+        "      --sizes b=2,c=8,d=8,s=16,l=256 --all",
+    )
+    _add_plan_options(p)
+    p.add_argument("--all", action="store_true", help="also show stream and step executors")
+    p.add_argument("--dot", metavar="FILE", help="write the plan's graph in DOT")
+    p.set_defaults(func=_run_explain)
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    from contractssm.planner.cache import DEFAULT_CACHE
+
+    directory = DEFAULT_CACHE.directory
+    if args.action == "path":
+        print(directory if directory else "(disk cache disabled: CONTRACTSSM_CACHE=off)")
+    elif args.action == "info":
+        files = DEFAULT_CACHE.files()
+        size = sum(_size(f) for f in files)
+        print(f"directory: {directory or '(disabled)'}")
+        print(f"plans on disk: {len(files)} ({size / 1024:.1f} KiB)")
+    else:
+        print(f"removed {DEFAULT_CACHE.clear()} plan files from {directory or '(disabled)'}")
+    return 0
+
+
+def _size(path: str) -> int:
+    import os
+
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def build_cache(subparsers, add_parser) -> None:
+    """Register ``contractssm cache``."""
+    p = add_parser(
+        subparsers,
+        "cache",
+        "Show or clear the on-disk plan cache.",
+        "examples:\n  contractssm cache info\n  contractssm cache path\n  contractssm cache clear\n"
+        "environment: CONTRACTSSM_CACHE_DIR overrides the directory; CONTRACTSSM_CACHE=off "
+        "disables it",
+    )
+    p.add_argument("action", choices=("info", "path", "clear"))
+    p.set_defaults(func=_run_cache)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    import torch
+
+    from contractssm.planner.calibrate import calibrate, default_cache_dir, profile_name
+    from contractssm.planner.profile import profile_path, save_profile
+
+    dtype = getattr(torch, args.dtype)
+    print(f"calibrating {args.device} ({args.dtype}), about {args.budget:.0f} s ...", flush=True)
+    profile = calibrate(args.device, dtype, budget_s=args.budget)
+    directory = default_cache_dir()
+    print(json.dumps(profile.to_dict(), indent=1))
+    if directory:
+        path = profile_path(directory, profile_name(args.device, dtype))
+        save_profile(profile, path)
+        print(f"saved to {path}; new plans on this device use it")
+    else:
+        print("disk cache disabled (CONTRACTSSM_CACHE=off): profile not saved")
+    return 0
+
+
+def build_calibrate(subparsers, add_parser) -> None:
+    """Register ``contractssm calibrate``."""
+    p = add_parser(
+        subparsers,
+        "calibrate",
+        "Measure this device's rates for the cost model and store them.",
+        "examples:\n  contractssm calibrate\n  contractssm calibrate --device cuda --budget 20",
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--budget", type=float, default=12.0, help="seconds to spend (default 12)")
+    p.set_defaults(func=_run_calibrate)

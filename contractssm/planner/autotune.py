@@ -1,0 +1,93 @@
+"""Autotune: time the best few candidates on real tensors and keep the fastest.
+
+The cost model ranks candidates; autotuning builds the executors of the top ``n`` (default 4),
+runs each on random tensors of the plan's sizes (forward, plus backward when the plan is for
+training), interleaved over several rounds, and keeps the one with the lowest median time.
+The plan records predicted and measured seconds for every timed candidate.
+
+This is the one place the planner builds executors (it imports the code generator lazily).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import replace
+
+from contractssm.planner.plan import Plan
+from contractssm.planner.profile import MachineProfile
+
+#: Rounds of interleaved timing (each round runs every candidate once).
+ROUNDS = 5
+
+
+def autotune_plan(plan: Plan, n: int, device: object, profile: MachineProfile) -> Plan:
+    """Time the plan's best ``n`` candidates; return the plan of the fastest, with timings."""
+    import torch
+
+    from contractssm.codegen.executor import dtype_of, executors
+    from contractssm.planner.lower import lower_kernel
+    from contractssm.spec import parse
+
+    graph = parse(plan.declaration)
+    sizes = dict(plan.sizes)
+    dtype = dtype_of(plan.dtype)
+    dev = torch.device(str(device))
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    args = []
+    for op in graph.operands:
+        shape = [sizes[i] for i in op.indices]
+        if op is graph.recurrence:
+            t = torch.complex(
+                -0.05 - 0.5 * torch.rand(shape, generator=gen, dtype=dtype),
+                torch.randn(shape, generator=gen, dtype=dtype),
+            )
+        elif op.is_complex:
+            t = torch.complex(
+                torch.randn(shape, generator=gen, dtype=dtype),
+                torch.randn(shape, generator=gen, dtype=dtype),
+            )
+        else:
+            t = torch.randn(shape, generator=gen, dtype=dtype)
+        args.append(t.to(dev).requires_grad_(plan.requires_grad))
+
+    contenders = plan.candidates[: max(1, n)]
+    runs = []
+    for cand in contenders:
+        fn = executors(replace(plan, strategy=cand.strategy)).kernel
+
+        def run(fn=fn):
+            y = fn(*args)
+            if plan.requires_grad:
+                y.sum().backward()
+            return y
+
+        run()  # warm-up (allocations, lazy initialisation)
+        runs.append(run)
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(ROUNDS):
+        for k, run in enumerate(runs):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            start = time.perf_counter()
+            run()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            times[k].append(time.perf_counter() - start)
+    medians = [statistics.median(t) for t in times]
+    best = min(range(len(contenders)), key=medians.__getitem__)
+    winner = contenders[best]
+    itemsize = 8 if plan.dtype == "float64" else 4
+    builder, _ = lower_kernel(graph, sizes, winner.strategy, profile, itemsize)
+    return replace(
+        plan,
+        strategy=winner.strategy,
+        predicted_seconds=winner.seconds,
+        flops=winner.flops,
+        peak_bytes=winner.peak_bytes,
+        steps=tuple(builder.steps),
+        measured_seconds=medians[best],
+        autotune=tuple(
+            (c.strategy.describe(), c.seconds, m) for c, m in zip(contenders, medians, strict=False)
+        ),
+    )
