@@ -91,3 +91,117 @@ def test_python_dash_m_help():
     assert result.returncode == 0, result.stderr
     assert "modes" in result.stdout
     assert "parse" in result.stdout
+
+
+# -- planning commands --------------------------------------------------------------------------
+
+NECK_SIZES = "b=2,c=8,d=8,n=2,m=4,l=64"
+
+
+def _one_line_error(capsys, argv, needle):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    print(captured.err)
+    assert len(lines) == 1 and lines[0].startswith("contractssm: error:")
+    assert needle in lines[0] and "Traceback" not in captured.err
+
+
+def test_plan_prints_table(capsys):
+    assert main(["plan", "neck", "--sizes", NECK_SIZES]) == 0
+    out = capsys.readouterr().out
+    assert "Chosen:" in out and "Predicted time:" in out and "Candidates" in out
+
+
+def test_plan_json_and_dot(capsys, tmp_path):
+    dot = tmp_path / "plan.dot"
+    argv = ["plan", "s5", "--sizes", "b=2,c=4,d=4,s=8,l=32", "--json", "--dot", str(dot)]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    for field in (
+        "declaration",
+        "sizes",
+        "steps",
+        "algorithm",
+        "predicted_seconds",
+        "peak_bytes",
+        "candidates",
+    ):
+        assert field in data
+    assert all("predicted_seconds" in c for c in data["candidates"])
+    assert dot.read_text().startswith("digraph")
+
+
+def test_plan_options(capsys):
+    argv = [
+        "plan",
+        "dws",
+        "--sizes",
+        "b=2,c=4,n=4,l=64",
+        "--algorithm",
+        "direct",
+        "--train",
+        "--objective",
+        "memory",
+        "--memory-limit",
+        "64MiB",
+        "--json",
+    ]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["algorithm"] == "direct" and data["requires_grad"] is True
+    assert data["objective"] == "memory" and data["memory_limit"] == 64 * 2**20
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["plan", "neck", "--sizes", "b=2,c=8"], "'d'"),
+        (["plan", "neck", "--sizes", "b8"], "b8"),
+        (["plan", "neck", "--sizes", NECK_SIZES + ",zz=3"], "'zz'"),
+        (["plan", "neck", "--sizes", NECK_SIZES, "--memory-limit", "1KiB"], "smallest peak"),
+        (["plan", "neck", "--sizes", NECK_SIZES, "--memory-limit", "lots"], "lots"),
+        (["plan", "nosuch", "--sizes", "b=1"], "nosuch"),
+        (["explain", "neck", "--sizes", "b=0,c=8,d=8,n=2,m=4,l=64"], "'b'"),
+    ],
+)
+def test_plan_bad_input_is_one_line_error(capsys, argv, needle):
+    _one_line_error(capsys, argv, needle)
+
+
+def test_explain_shows_generated_source(capsys):
+    assert main(["explain", "dws", "--sizes", "b=2,c=4,n=4,l=32", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "def kernel(x, A, W0):" in out
+    assert "def stream(" in out and "def step(" in out
+
+
+def test_cache_commands(capsys, tmp_path, monkeypatch):
+    from contractssm.planner import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "DEFAULT_CACHE", cache_module.PlanCache(str(tmp_path)))
+    assert main(["cache", "path"]) == 0
+    assert str(tmp_path) in capsys.readouterr().out
+    assert main(["plan", "dws", "--sizes", "b=1,c=2,n=2,l=8"]) == 0
+    capsys.readouterr()
+    import contractssm
+
+    contractssm.plan("dws", {"b": 1, "c": 2, "n": 2, "l": 9}, cache=cache_module.DEFAULT_CACHE)
+    assert main(["cache", "info"]) == 0
+    assert "plans on disk: 1" in capsys.readouterr().out
+    assert main(["cache", "clear"]) == 0
+    assert "removed 1" in capsys.readouterr().out
+    assert main(["cache", "wipe"]) == 2  # argparse's usage message, never a traceback
+    err = capsys.readouterr().err
+    assert "invalid choice: 'wipe'" in err and "Traceback" not in err
+
+
+def test_calibrate_command(capsys, monkeypatch, tmp_path):
+    from contractssm.planner import calibrate as calibrate_module
+    from contractssm.planner.profile import default_profile
+
+    monkeypatch.setenv("CONTRACTSSM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(calibrate_module, "calibrate", lambda *a, **k: default_profile("cpu"))
+    assert main(["calibrate", "--budget", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "saved to" in out and str(tmp_path) in out
