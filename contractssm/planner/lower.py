@@ -18,6 +18,7 @@ advances the state by one time step.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -125,6 +126,7 @@ class Layout:
     skip_weights: dict
 
 
+@functools.lru_cache(maxsize=512)
 def layout_of(graph: Graph) -> Layout:
     """Axis letters of every operand (``graph`` must be canonical: single-letter indices)."""
     for i in graph.indices:
@@ -173,6 +175,7 @@ def new_builder(
     profile: MachineProfile,
     itemsize: int,
     extra_inputs=(),
+    prices: dict | None = None,
 ) -> ProgramBuilder:
     """A builder whose inputs are the canonical graph's operands (and ``extra_inputs``)."""
     lay = layout_of(graph)
@@ -183,17 +186,26 @@ def new_builder(
         **{n: TensorInfo(a, False) for n, a in lay.skip_weights.items()},
     }
     inputs.update(extra_inputs)
-    return ProgramBuilder(axis_sizes(graph, sizes, strategy), inputs, profile, itemsize)
+    return ProgramBuilder(axis_sizes(graph, sizes, strategy), inputs, profile, itemsize, prices)
 
 
 # -- kernel mode -----------------------------------------------------------------------------
 
 
 def lower_kernel(
-    graph: Graph, sizes: dict[str, int], strategy: Strategy, profile: MachineProfile, itemsize: int
+    graph: Graph,
+    sizes: dict[str, int],
+    strategy: Strategy,
+    profile: MachineProfile,
+    itemsize: int,
+    prices: dict | None = None,
 ) -> tuple[ProgramBuilder, tuple[str]]:
-    """The kernel-mode program (whole sequence, zero initial state) and its output's name."""
-    b = new_builder(graph, sizes, strategy, profile, itemsize)
+    """The kernel-mode program (whole sequence, zero initial state) and its output's name.
+
+    ``prices`` memoises step prices across the lowerings of one search (same sizes, profile
+    and itemsize).
+    """
+    b = new_builder(graph, sizes, strategy, profile, itemsize, prices=prices)
     return b, (emit_kernel_mode(b, graph, layout_of(graph), strategy),)
 
 

@@ -40,6 +40,8 @@ class ProgramBuilder:
         inputs: the program's inputs by name.
         profile: the machine profile used to price steps.
         itemsize: bytes of one real element (4 for float32).
+        prices: a memo of step prices shared by the builders of one search (same sizes,
+            profile and itemsize): candidates repeat most of each other's steps.
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class ProgramBuilder:
         inputs: dict[str, TensorInfo],
         profile: MachineProfile,
         itemsize: int,
+        prices: dict | None = None,
     ) -> None:
         self.sizes = sizes
         self.tensors = dict(inputs)
@@ -55,6 +58,10 @@ class ProgramBuilder:
         self.itemsize = itemsize
         self.steps: list[Step] = []
         self._counter = 0
+        self._prices = {} if prices is None else prices
+        self._elements: dict[str, int] = {}
+        # Time-like axis sizes vary with the strategy (chunk, FFT length): part of price keys.
+        self._time_sizes = tuple(sizes.get(a) for a in TIME_AXES)
 
     def fresh(self, prefix: str) -> str:
         """A tensor name not used yet."""
@@ -63,7 +70,10 @@ class ProgramBuilder:
 
     def elements(self, axes: str) -> int:
         """Number of elements of a tensor with these axes."""
-        return math.prod(self.sizes[a] for a in axes)
+        n = self._elements.get(axes)
+        if n is None:
+            n = self._elements[axes] = math.prod(self.sizes[a] for a in axes)
+        return n
 
     def add(
         self,
@@ -79,29 +89,32 @@ class ProgramBuilder:
     ) -> str:
         """Append a step producing a new tensor; returns its name."""
         name = name or self.fresh(op[0])
-        step = Step(
-            op,
-            name,
-            inputs,
-            axes,
-            is_complex,
-            phase,
-            equation,
-            tuple(sorted(attrs.items())),
-            self.elements(axes),
-        )
-        in_elems = sum(
-            self.elements(self.tensors[i].axes) * (2 if self.tensors[i].is_complex else 1)
-            for i in inputs
-        )
-        seconds, flops = step_seconds(
-            step,
-            self.sizes,
-            in_elems,
-            self.profile,
-            self.itemsize,
-            tuple(self.tensors[i].is_complex for i in inputs),
-        )
+        sorted_attrs = tuple(sorted(attrs.items()))
+        ins = tuple(self.tensors[i] for i in inputs)
+        key = (op, axes, is_complex, equation, sorted_attrs, ins, self._time_sizes)
+        priced = self._prices.get(key)
+        if priced is None:
+            step = Step(
+                op,
+                name,
+                inputs,
+                axes,
+                is_complex,
+                phase,
+                equation,
+                sorted_attrs,
+                self.elements(axes),
+            )
+            in_elems = sum(self.elements(t.axes) * (2 if t.is_complex else 1) for t in ins)
+            priced = self._prices[key] = step_seconds(
+                step,
+                self.sizes,
+                in_elems,
+                self.profile,
+                self.itemsize,
+                tuple(t.is_complex for t in ins),
+            )
+        seconds, flops = priced
         self.steps.append(
             Step(
                 op,
@@ -111,8 +124,8 @@ class ProgramBuilder:
                 is_complex,
                 phase,
                 equation,
-                step.attrs,
-                step.elements,
+                sorted_attrs,
+                self.elements(axes),
                 flops,
                 seconds,
             )

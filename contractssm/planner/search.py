@@ -31,7 +31,7 @@ from contractssm.planner.profile import MachineProfile
 #: Placements of up to this many weights are enumerated exhaustively (3^6 = 729).
 EXHAUSTIVE_WEIGHTS = 6
 #: Chunk lengths the chunked algorithm may use.
-CHUNK_LENGTHS = (16, 32, 64, 128, 256, 512)
+CHUNK_LENGTHS = (16, 32, 64, 128, 256)
 #: The direct (Toeplitz) algorithm materialises L x L per kernel channel: only for short L.
 DIRECT_MAX_LENGTH = 4096
 OBJECTIVES = ("time", "flops", "memory")
@@ -100,9 +100,10 @@ def price(
     profile: MachineProfile,
     itemsize: int,
     requires_grad: bool,
+    prices: dict | None = None,
 ) -> Candidate:
-    """Lower one strategy and price it."""
-    b, outputs = lower_kernel(graph, sizes, strategy, profile, itemsize)
+    """Lower one strategy and price it (``prices``: a step-price memo shared in a search)."""
+    b, outputs = lower_kernel(graph, sizes, strategy, profile, itemsize, prices)
     flops = sum(s.flops for s in b.steps) * (3.0 if requires_grad else 1.0)
     return Candidate(
         strategy, b.seconds(requires_grad), flops, b.peak_bytes(outputs, requires_grad)
@@ -125,25 +126,26 @@ def search(
     weights = tuple(w.name for w in graph.weights)
     length = sizes[graph.time]
     options = list(algorithm_options(length, algorithm))
+    prices: dict = {}
     if len(weights) <= EXHAUSTIVE_WEIGHTS:
         cands = [
-            price(graph, sizes, Strategy(*sides, *opt), profile, itemsize, requires_grad)
+            price(graph, sizes, Strategy(*sides, *opt), profile, itemsize, requires_grad, prices)
             for sides in placements(weights)
             for opt in options
         ]
         return cands, "exhaustive"
-    return _local_search(graph, sizes, weights, options, profile, itemsize, requires_grad), (
-        "local (more than 6 weights: one-weight moves from all-on-kernel until no move helps)"
-    )
+    return _local_search(
+        graph, sizes, weights, options, profile, itemsize, requires_grad, prices
+    ), ("local (more than 6 weights: one-weight moves from all-on-kernel until no move helps)")
 
 
-def _local_search(graph, sizes, weights, options, profile, itemsize, requires_grad):
+def _local_search(graph, sizes, weights, options, profile, itemsize, requires_grad, prices):
     seen: dict[Strategy, Candidate] = {}
 
     def cost(sides, opt) -> Candidate:
         st = Strategy(*sides, *opt)
         if st not in seen:
-            seen[st] = price(graph, sizes, st, profile, itemsize, requires_grad)
+            seen[st] = price(graph, sizes, st, profile, itemsize, requires_grad, prices)
         return seen[st]
 
     for opt in options:
