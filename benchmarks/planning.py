@@ -17,8 +17,13 @@ import contractssm
 from contractssm.planner.cache import PlanCache
 
 #: (B, C = D, L, N) cells of the benchmark grid (issue 6).
-GRID = [(8, 64, 1024, 16), (8, 64, 4096, 16), (1, 256, 4096, 16), (32, 32, 2048, 8),
-        (4, 128, 16384, 16)]
+GRID = [
+    (8, 64, 1024, 16),
+    (8, 64, 4096, 16),
+    (1, 256, 4096, 16),
+    (32, 32, 2048, 8),
+    (4, 128, 16384, 16),
+]
 MODEL_GRID = [(8, 1024), (8, 4096), (32, 2048), (4, 16384)]
 
 
@@ -64,10 +69,19 @@ def main() -> None:
             start = time.perf_counter()
             contractssm.plan(mode, sizes, requires_grad=True, cache=PlanCache(directory=None))
             times.append(time.perf_counter() - start)
-        rows.append({"mode": mode, "sizes": sizes, "first_ms": times[0] * 1e3,
-                     "cold_ms": statistics.median(times[1:]) * 1e3})
-        print(f"{mode:8s} {sizes}: first {times[0] * 1e3:7.1f} ms, "
-              f"cold (plan not cached) {statistics.median(times[1:]) * 1e3:7.1f} ms", flush=True)
+        rows.append(
+            {
+                "mode": mode,
+                "sizes": sizes,
+                "first_ms": times[0] * 1e3,
+                "cold_ms": statistics.median(times[1:]) * 1e3,
+            }
+        )
+        print(
+            f"{mode:8s} {sizes}: first {times[0] * 1e3:7.1f} ms, "
+            f"cold (plan not cached) {statistics.median(times[1:]) * 1e3:7.1f} ms",
+            flush=True,
+        )
     cache = PlanCache(directory=None)
     sizes = centaurus_sizes("neck", *GRID[0])
     contractssm.plan("neck", sizes, cache=cache)
@@ -80,8 +94,10 @@ def main() -> None:
         hits.append((time.perf_counter() - start) / reps)
     hit_us = min(hits) * 1e6
     cold = [r["cold_ms"] for r in rows]
-    print(f"\ncold planning: median {statistics.median(cold):.1f} ms, worst {max(cold):.1f} ms "
-          f"(target < 50 ms); cache hit {hit_us:.1f} us (target < 20 us)")
+    print(
+        f"\ncold planning: median {statistics.median(cold):.1f} ms, worst {max(cold):.1f} ms "
+        f"(target < 50 ms); cache hit {hit_us:.1f} us (target < 20 us)"
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"cases": rows, "cache_hit_us": hit_us}, fh, indent=1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import opt_einsum
 
@@ -24,9 +24,8 @@ TIME_AXES = "TJFWKPRQGHO"
 EXHAUSTIVE_OPERANDS = 8
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """What the program knows about one tensor."""
+class TensorInfo(NamedTuple):
+    """What the program knows about one tensor (a tuple: cheap to hash in price keys)."""
 
     axes: str
     is_complex: bool
