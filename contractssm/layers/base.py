@@ -29,8 +29,11 @@ Tensor = torch.Tensor
 
 
 def bucket_length(length: int, bucket: str | int | None) -> int:
-    """The length a sequence is padded to: ``None`` keeps it, ``"pow2"`` rounds up to a power
-    of two, an integer ``m`` rounds up to a multiple of ``m``."""
+    """The length a sequence is padded to.
+
+    ``None`` keeps it, ``"pow2"`` rounds up to a power of two, an integer ``m`` rounds up to a
+    multiple of ``m``.
+    """
     if bucket is None:
         return length
     if bucket == "pow2":
