@@ -77,6 +77,9 @@ def _emit(step: Step, axes: dict[str, str]) -> list[str]:
         return [f"{out} = rt.toeplitz({ins[0]}, dev)"]
     if op == "chunk":
         return [f"{out} = rt.chunk({ins[0]}, {a['chunk']})"]
+    if op == "fft_conv":
+        eq = step.equation
+        return [f'{out} = rt.fft_conv({ins[0]}, {ins[1]}, "{eq}", {a["n"]}, {a["length"]})']
     if op == "recur":
         a_index = ", ".join(":" if ax in axes[ins[0]] else "None" for ax in step.axes)
         u_index = ", ".join(":" if ax in axes[ins[2]] else "None" for ax in step.axes)

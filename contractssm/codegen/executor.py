@@ -31,6 +31,7 @@ import torch
 
 from contractssm.codegen import runtime
 from contractssm.codegen.emit import emit_function
+from contractssm.codegen.fuse import fuse_fft_conv
 from contractssm.planner.lower import lower_kernel
 from contractssm.planner.plan import Plan
 from contractssm.planner.profile import default_profile
@@ -99,7 +100,8 @@ def _executors(plan: Plan) -> Executors:
 
 def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) -> Executor:
     axes = {p: builder.tensors[p].axes for p in params}
-    body = emit_function(f"_{name}_body", params, tuple(builder.steps), outputs, axes)
+    steps = fuse_fft_conv(tuple(builder.steps), outputs)
+    body = emit_function(f"_{name}_body", params, steps, outputs, axes)
     graph = parse(plan.declaration)
     complex_inputs = {"A"} | {w.name for w in graph.weights if w.is_complex}
     lines = [f"def {name}({', '.join(params)}):"]

@@ -95,3 +95,47 @@ def chunk(x: Tensor, size: int) -> Tensor:
 def as_complex(t: Tensor, real_dtype: torch.dtype) -> Tensor:
     """``t`` as the complex dtype matching ``real_dtype`` (real tensors become complex)."""
     return t.to(complex_of(real_dtype))
+
+
+class FFTConv(torch.autograd.Function):
+    """Causal convolution of real ``kernel`` and ``signal`` through one real FFT, lean on memory.
+
+    ``z = irfft(einsum(equation, rfft(kernel, n), rfft(signal, n)), n)[..., :length]``. Plain
+    autograd would keep both complex spectra alive for the backward pass; this saves only the
+    two real inputs and recomputes their spectra, and computes the gradients as FFT
+    cross-correlations: ``dK[tau] = sum_t dz[t] u[t - tau]``, ``dU[j] = sum_t dz[t] k[t - j]``
+    (exact because ``n >= 2L - 1`` leaves no wrap-around).
+    """
+
+    @staticmethod
+    def forward(ctx, kernel: Tensor, signal: Tensor, equation: str, n: int, length: int):
+        """Convolve; saves the real inputs only."""
+        spectrum = torch.einsum(equation, torch.fft.rfft(kernel, n=n), torch.fft.rfft(signal, n=n))
+        ctx.save_for_backward(kernel, signal)
+        ctx.equation, ctx.n = equation, n
+        return torch.fft.irfft(spectrum, n=n)[..., :length]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        """Cross-correlate the output gradient with each input's recomputed spectrum."""
+        kernel, signal = ctx.saved_tensors
+        n = ctx.n
+        ins, out = ctx.equation.split("->")
+        k_axes, u_axes = ins.split(",")
+        g = torch.fft.rfft(grad, n=n)
+        d_kernel = d_signal = None
+        if ctx.needs_input_grad[0]:
+            fu = torch.fft.rfft(signal, n=n).conj()
+            d_kernel = torch.fft.irfft(torch.einsum(f"{out},{u_axes}->{k_axes}", g, fu), n=n)
+            d_kernel = d_kernel[..., : kernel.shape[-1]]
+        if ctx.needs_input_grad[1]:
+            fk = torch.fft.rfft(kernel, n=n).conj()
+            d_signal = torch.fft.irfft(torch.einsum(f"{out},{k_axes}->{u_axes}", g, fk), n=n)
+            d_signal = d_signal[..., : signal.shape[-1]]
+        return d_kernel, d_signal, None, None, None
+
+
+def fft_conv(kernel: Tensor, signal: Tensor, equation: str, n: int, length: int) -> Tensor:
+    """:class:`FFTConv` (the memory-lean causal FFT convolution of two real tensors)."""
+    return FFTConv.apply(kernel, signal, equation, n, length)

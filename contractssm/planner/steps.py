@@ -36,6 +36,7 @@ OPS = (
     "unchunk",  # out[.., T] = in[.., K, R] merged, first `length` steps
     "truncate",  # out[.., T] = in[.., G, H] merged, first `length` steps
     "recur",  # out[state] = exp(A[S]) * h0[state] + u[..] (one step of the recurrence)
+    "fft_conv",  # rfft, rfft, einsum, irfft fused by the code generator (never planned)
 )
 
 #: Backward cost relative to forward, per op (gradients of both einsum operands cost two
