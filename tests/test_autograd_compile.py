@@ -85,3 +85,25 @@ def test_autocast_runs_in_float32(half):
     err = rel_err(y, y32)
     print(f"autocast {half}: dtype {y.dtype}, rel err vs float32 {err:.2e}")
     assert y.dtype == torch.float32 and err <= 1e-6
+
+
+def test_lean_fft_conv_gradients_equal_plain_autograd():
+    from contractssm.codegen import fuse
+
+    graph, sizes = sized("full", 40)
+    ops = random_operands(graph, sizes, seed=10)
+    plan = forced("full", sizes, ("fft", "exp", 0), requires_grad=True)
+    grads = {}
+    for enabled in (True, False):
+        fuse.ENABLED = enabled
+        try:
+            ex = contractssm.codegen.executor._make.__globals__["_executors"].__wrapped__(plan)
+        finally:
+            fuse.ENABLED = True
+        assert ("rt.fft_conv" in ex.kernel.source) == enabled
+        args = _leaves(canonical_args(graph, ops))
+        ex.kernel(*args).pow(2).sum().backward()
+        grads[enabled] = [a.grad for a in args]
+    errs = [rel_err(a, b) for a, b in zip(grads[True], grads[False], strict=True)]
+    print(f"lean vs plain gradients: max rel err {max(errs):.2e}")
+    assert max(errs) <= 1e-10

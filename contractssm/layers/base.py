@@ -169,9 +169,15 @@ class SSMModule(nn.Module):
     def _training(self) -> bool:
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
 
-    def _check_signal(self, x: Tensor) -> None:
+    def _check_signal(self, x: Tensor, step: bool = False) -> None:
         if not isinstance(x, Tensor):
             raise ShapeError(f"expected a tensor, got {type(x).__name__}")
+        axes = [i for i in self.graph.signal.indices if not (step and i == self.graph.time)]
+        if x.dim() != len(axes):
+            raise ShapeError(
+                f"expected the input with {len(axes)} axes [{','.join(axes)}], got shape "
+                f"{tuple(x.shape)}"
+            )
         if not x.is_floating_point():
             raise ShapeError(f"expected a floating-point input, got {x.dtype}")
 
@@ -199,7 +205,7 @@ class SSMModule(nn.Module):
 
     def ssm_step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One time step: ``x_t`` is the signal without its time axis."""
-        self._check_signal(x_t)
+        self._check_signal(x_t, step=True)
         shape = list(x_t.shape)
         shape.insert(self.graph.signal.indices.index(self.graph.time), 1)
         ex = self.executors_for(tuple(shape), x_t.dtype, x_t.device, self._training())
