@@ -105,8 +105,9 @@ def test_plan_is_brute_force_minimum(case, requires_grad):
         f"{graph} {sizes} grad={requires_grad}: {len(cands)} candidates, "
         f"best {best_s:.6e} s, plan {p.predicted_seconds:.6e} s {p.strategy.describe()}"
     )
+    # Branch and bound abandons hopeless candidates early but never loses the optimum.
     assert p.n_candidates == len(cands)
-    assert p.search == "exhaustive"
+    assert p.search.startswith("exhaustive")
     assert close(p.predicted_seconds, best_s), (p.predicted_seconds, best_s)
     assert p.candidates[0].strategy == p.strategy
 
@@ -446,7 +447,7 @@ def test_memory_limit_is_honoured():
     # dws at these sizes: the fastest plan is not the leanest, so a limit changes the choice.
     mode, sizes = "dws", {"b": 4, "c": 32, "n": 16, "l": 2048}
     canon = get_graph(mode).canonical()
-    cands, _ = search(
+    cands, _, _ = search(
         canon.graph, canon.rename_sizes(sizes), profile_for("cpu", "cpu"), 4, requires_grad=False
     )
     peaks = sorted({c.peak_bytes for c in cands})

@@ -125,8 +125,14 @@ def _make_plan(
 ) -> Plan:
     from contractssm.planner.lower import lower_kernel
 
-    cands, how = search(
-        graph, sizes, profile, _ITEMSIZE[dtype], requires_grad=requires_grad, algorithm=algorithm
+    cands, how, considered = search(
+        graph,
+        sizes,
+        profile,
+        _ITEMSIZE[dtype],
+        requires_grad=requires_grad,
+        algorithm=algorithm,
+        prune=objective == "time" and memory_limit is None,
     )
     ranked = choose(cands, objective, memory_limit)
     best = ranked[0]
@@ -145,7 +151,7 @@ def _make_plan(
         flops=best.flops,
         peak_bytes=best.peak_bytes,
         search=how,
-        n_candidates=len(cands),
+        n_candidates=considered,
         candidates=tuple(ranked[:KEPT_CANDIDATES]),
         steps=tuple(builder.steps),
         profile=profile.name,

@@ -199,13 +199,17 @@ def lower_kernel(
     profile: MachineProfile,
     itemsize: int,
     prices: dict | None = None,
+    budget: float | None = None,
+    backward: bool = False,
 ) -> tuple[ProgramBuilder, tuple[str]]:
     """The kernel-mode program (whole sequence, zero initial state) and its output's name.
 
     ``prices`` memoises step prices across the lowerings of one search (same sizes, profile
-    and itemsize).
+    and itemsize). With a ``budget`` (seconds, forward plus backward when ``backward``) the
+    lowering stops with :class:`~contractssm.planner.program.OverBudget` once passed.
     """
     b = new_builder(graph, sizes, strategy, profile, itemsize, prices=prices)
+    b.budget, b.backward = budget, backward
     return b, (emit_kernel_mode(b, graph, layout_of(graph), strategy),)
 
 

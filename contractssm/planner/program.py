@@ -31,6 +31,18 @@ class TensorInfo(NamedTuple):
     is_complex: bool
 
 
+class OverBudget(Exception):
+    """Raised by a builder whose running cost passed its budget (the search prunes it)."""
+
+
+def backward_factor(step: Step) -> float:
+    """Forward plus backward cost relative to forward.
+
+    Gradients of a contraction need two contractions; every other step about one more pass.
+    """
+    return 3.0 if step.op == "einsum" and "," in step.equation else 2.0
+
+
 class ProgramBuilder:
     """Accumulates the steps of one program.
 
@@ -58,6 +70,11 @@ class ProgramBuilder:
         self.steps: list[Step] = []
         self._counter = 0
         self._prices = {} if prices is None else prices
+        #: Stop (raise OverBudget) once the predicted seconds pass this, if set.
+        self.budget: float | None = None
+        #: Whether the running total counts forward plus backward.
+        self.backward = False
+        self._total = 0.0
         self._elements: dict[str, int] = {}
         # Time-like axis sizes vary with the strategy (chunk, FFT length): part of price keys.
         self._time_sizes = tuple(sizes.get(a) for a in TIME_AXES)
@@ -130,6 +147,11 @@ class ProgramBuilder:
             )
         )
         self.tensors[name] = TensorInfo(axes, is_complex)
+        if self.budget is not None:
+            last = self.steps[-1]
+            self._total += last.seconds * (backward_factor(last) if self.backward else 1.0)
+            if self._total > self.budget:
+                raise OverBudget(name)
         return name
 
     def contract(
@@ -211,10 +233,7 @@ class ProgramBuilder:
         """Predicted seconds of the program (forward, or forward plus backward)."""
         if not backward:
             return sum(s.seconds for s in self.steps)
-        # Gradients of a contraction need two contractions; other steps about one more pass.
-        return sum(
-            s.seconds * (3.0 if s.op == "einsum" and "," in s.equation else 2.0) for s in self.steps
-        )
+        return sum(s.seconds * backward_factor(s) for s in self.steps)
 
     def peak_bytes(self, outputs: tuple[str, ...], backward: bool) -> int:
         """Peak bytes of intermediates.

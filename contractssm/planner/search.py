@@ -27,6 +27,7 @@ from contractssm.planner.lower import (
     lower_kernel,
 )
 from contractssm.planner.profile import MachineProfile
+from contractssm.planner.program import OverBudget
 
 #: Placements of up to this many weights are enumerated exhaustively (3^6 = 729).
 EXHAUSTIVE_WEIGHTS = 6
@@ -35,6 +36,8 @@ CHUNK_LENGTHS = (16, 32, 64, 128, 256)
 #: The direct (Toeplitz) algorithm materialises L x L per kernel channel: only for short L.
 DIRECT_MAX_LENGTH = 4096
 OBJECTIVES = ("time", "flops", "memory")
+#: Branch and bound abandons a candidate once its partial time passes this times the best.
+PRUNE_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
@@ -101,9 +104,19 @@ def price(
     itemsize: int,
     requires_grad: bool,
     prices: dict | None = None,
-) -> Candidate:
-    """Lower one strategy and price it (``prices``: a step-price memo shared in a search)."""
-    b, outputs = lower_kernel(graph, sizes, strategy, profile, itemsize, prices)
+    budget: float | None = None,
+) -> Candidate | None:
+    """Lower one strategy and price it.
+
+    ``prices`` is a step-price memo shared in a search; with a ``budget`` in seconds, a
+    strategy whose partial cost already exceeds it is abandoned and ``None`` returned.
+    """
+    try:
+        b, outputs = lower_kernel(
+            graph, sizes, strategy, profile, itemsize, prices, budget, requires_grad
+        )
+    except OverBudget:
+        return None
     flops = sum(s.flops for s in b.steps) * (3.0 if requires_grad else 1.0)
     return Candidate(
         strategy, b.seconds(requires_grad), flops, b.peak_bytes(outputs, requires_grad)
@@ -118,25 +131,47 @@ def search(
     *,
     requires_grad: bool,
     algorithm: str | None = None,
-) -> tuple[list[Candidate], str]:
-    """Price the search space; returns the candidates and which search ran.
+    prune: bool = False,
+) -> tuple[list[Candidate], str, int]:
+    """Price the search space: the priced candidates, which search ran, how many considered.
 
-    ``graph`` must be canonical and ``sizes`` keyed by its indices.
+    ``graph`` must be canonical and ``sizes`` keyed by its indices. With ``prune`` (for the
+    time objective without a memory limit), branch and bound: a candidate is abandoned as soon
+    as its partial predicted time exceeds :data:`PRUNE_FACTOR` times the best complete one
+    (costs only grow, so the optimum is never lost, and near-best runners-up stay priced).
     """
     weights = tuple(w.name for w in graph.weights)
     length = sizes[graph.time]
     options = list(algorithm_options(length, algorithm))
     prices: dict = {}
     if len(weights) <= EXHAUSTIVE_WEIGHTS:
-        cands = [
-            price(graph, sizes, Strategy(*sides, *opt), profile, itemsize, requires_grad, prices)
-            for sides in placements(weights)
-            for opt in options
-        ]
-        return cands, "exhaustive"
-    return _local_search(
-        graph, sizes, weights, options, profile, itemsize, requires_grad, prices
-    ), ("local (more than 6 weights: one-weight moves from all-on-kernel until no move helps)")
+        cands, best, pruned = [], float("inf"), 0
+        for sides in placements(weights):
+            for opt in options:
+                budget = PRUNE_FACTOR * best if prune and best < float("inf") else None
+                c = price(
+                    graph,
+                    sizes,
+                    Strategy(*sides, *opt),
+                    profile,
+                    itemsize,
+                    requires_grad,
+                    prices,
+                    budget,
+                )
+                if c is None:
+                    pruned += 1
+                    continue
+                cands.append(c)
+                best = min(best, c.seconds)
+        total = len(cands) + pruned
+        how = "exhaustive" + (
+            f" (branch and bound: {pruned} of {total} abandoned early)" if pruned else ""
+        )
+        return cands, how, total
+    cands = _local_search(graph, sizes, weights, options, profile, itemsize, requires_grad, prices)
+    how = "local (more than 6 weights: one-weight moves from all-on-kernel until no move helps)"
+    return cands, how, len(cands)
 
 
 def _local_search(graph, sizes, weights, options, profile, itemsize, requires_grad, prices):
