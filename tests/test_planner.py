@@ -511,3 +511,19 @@ def test_renamed_declarations_share_one_plan():
     assert p1 == p2  # the same canonical plan; only the display names differ
     assert dict(p2.names) != dict(p1.names)
     assert "Cout" in str(p2) or "Bin" in str(p2)
+
+
+def test_autotune_times_candidates_and_persists(tmp_path):
+    cache = PlanCache(directory=str(tmp_path))
+    sizes = {"b": 2, "c": 8, "d": 8, "n": 2, "m": 4, "l": 128}
+    p = contractssm.plan("neck", sizes, autotune=2, requires_grad=True, cache=cache)
+    print(p)
+    assert len(p.autotune) == 2 and p.measured_seconds is not None
+    assert all(measured > 0 for _, _, measured in p.autotune)
+    assert p.measured_seconds == min(measured for _, _, measured in p.autotune)
+    assert p.strategy.describe() in [desc for desc, _, _ in p.autotune]
+    again = contractssm.plan("neck", sizes, autotune=2, requires_grad=True, cache=cache)
+    assert again == p and cache.hits == 1
+    fresh = PlanCache(directory=str(tmp_path))
+    assert contractssm.plan("neck", sizes, autotune=2, requires_grad=True, cache=fresh) == p
+    assert fresh.disk_hits == 1
