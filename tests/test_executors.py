@@ -72,6 +72,19 @@ def test_kernel_mode_matches_reference(mode, L, variant):
     assert err <= TOL64
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v[0]}-{v[1]}-{v[2]}")
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_batch_of_one(mode, variant):
+    graph = get_graph(mode)
+    sizes = {**MODES[mode], "b": 1, graph.time: 17}
+    ops = random_operands(graph, sizes, seed=11)
+    y = executors(forced(mode, sizes, variant)).kernel(*canonical_args(graph, ops))
+    y_ref, _ = reference(graph, ops)
+    err = rel_err(y, y_ref)
+    print(f"{mode} B=1 L=17 {variant}: rel err {err:.2e}")
+    assert y.shape == y_ref.shape and err <= TOL64
+
+
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_every_candidate_in_the_search_space_is_exact(mode):
     """Each placement of weights x each algorithm option the search prices."""
