@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import replace
 from typing import NamedTuple
 
 import opt_einsum
@@ -108,19 +109,11 @@ class ProgramBuilder:
         sorted_attrs = tuple(sorted(attrs.items()))
         ins = tuple(self.tensors[i] for i in inputs)
         key = (op, axes, is_complex, equation, sorted_attrs, ins, self._time_sizes)
+        step = Step(
+            op, name, inputs, axes, is_complex, phase, equation, sorted_attrs, self.elements(axes)
+        )
         priced = self._prices.get(key)
         if priced is None:
-            step = Step(
-                op,
-                name,
-                inputs,
-                axes,
-                is_complex,
-                phase,
-                equation,
-                sorted_attrs,
-                self.elements(axes),
-            )
             in_elems = sum(self.elements(t.axes) * (2 if t.is_complex else 1) for t in ins)
             priced = self._prices[key] = step_seconds(
                 step,
@@ -131,21 +124,7 @@ class ProgramBuilder:
                 tuple(t.is_complex for t in ins),
             )
         seconds, flops = priced
-        self.steps.append(
-            Step(
-                op,
-                name,
-                inputs,
-                axes,
-                is_complex,
-                phase,
-                equation,
-                sorted_attrs,
-                self.elements(axes),
-                flops,
-                seconds,
-            )
-        )
+        self.steps.append(replace(step, flops=flops, seconds=seconds))
         self.tensors[name] = TensorInfo(axes, is_complex)
         if self.budget is not None:
             last = self.steps[-1]
