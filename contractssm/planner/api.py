@@ -22,6 +22,9 @@ from contractssm.planner.search import OBJECTIVES, choose, search
 from contractssm.planner.state import state_input_weights
 
 _ITEMSIZE = {"float32": 4, "float64": 8}
+#: Bumped whenever the search space or the cost model changes, so cached plans made by an
+#: older planner of the same release are not reused (part of every cache key).
+PLANNER_REVISION = 3
 _PROFILES: dict[str, MachineProfile] = {}
 
 
@@ -87,6 +90,7 @@ def plan(
         n_tune,
         profile.key,
         __version__,
+        PLANNER_REVISION,
     )
     cache = DEFAULT_CACHE if cache is None else cache
     found = cache.get(key)
