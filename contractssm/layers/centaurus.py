@@ -172,7 +172,7 @@ def centaurus_operands(
 
 
 class LayerNormFeature(nn.LayerNorm):
-    """``LayerNorm`` over the channel axis of a (B, C, L) tensor (the reference's ``layer-feature``)."""
+    """``LayerNorm`` over the channels of a (B, C, L) tensor (the reference's ``layer-feature``)."""
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalise over channels."""
@@ -337,6 +337,8 @@ class SSMLayer(SSMModule):
         )
         for name, value in params.items():
             setattr(self, name, nn.Parameter(value))
+        for p in (self.A, self.log_dt):  # the reference's flag for a smaller learning rate
+            p.sensitive = True
         self.mixer = self._make_mixer()
         self.register_buffer("state", None, persistent=False)
         self.run_mode = "training"
