@@ -11,9 +11,19 @@ from contractssm.layers.centaurus_lti import (
     CentaurusPWNeck,
 )
 from contractssm.layers.generic import DeclaredSSM
+from contractssm.layers.lru import LRU
+from contractssm.layers.lti import LTILayer, PlannedLTI
 from contractssm.layers.network import CentaurusNetwork
+from contractssm.layers.optim import param_groups, recurrence_parameter_names
+from contractssm.layers.s4 import S4
+from contractssm.layers.s4d import S4D
+from contractssm.layers.s5 import S5
 
 __all__ = [
+    "LRU",
+    "S4",
+    "S4D",
+    "S5",
     "Centaurus",
     "CentaurusBase",
     "CentaurusDWS",
@@ -22,7 +32,11 @@ __all__ = [
     "CentaurusNetwork",
     "CentaurusPWNeck",
     "DeclaredSSM",
+    "LTILayer",
+    "PlannedLTI",
     "SSMLayer",
     "SSMModule",
     "bucket_length",
+    "param_groups",
+    "recurrence_parameter_names",
 ]
