@@ -161,6 +161,10 @@ class DeclaredSSM(SSMModule):
         """One time step (``x_t`` without the time axis); returns ``(y_t, new_state)``."""
         return self.ssm_step(x_t, state)
 
+    def plan(self, input_shape: tuple[int, ...], **options):
+        """The plan this layer would use for an input of ``input_shape`` (signal layout)."""
+        return self.plan_for(tuple(input_shape), **options)
+
     def _batch_sizes(self, batch_size) -> dict[str, int]:
         if isinstance(batch_size, Mapping):
             return dict(batch_size)
