@@ -18,13 +18,28 @@ def complex_of(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
+def _aligned(t: Tensor, axes: str, out: str) -> Tensor:
+    """``t`` (axes ``axes``) permuted into ``out``'s order, size-1 axes where it has none."""
+    order = [axes.index(a) for a in out if a in axes]
+    if order != sorted(order):
+        t = t.permute(order)
+    shape = [t.shape[[a for a in out if a in axes].index(a)] if a in axes else 1 for a in out]
+    return t.reshape(shape)
+
+
 def einsum(equation: str, *operands: Tensor) -> Tensor:
     """``torch.einsum`` that accepts a mix of real and complex operands.
 
-    A real operand meeting a complex one is contracted against the complex operand's real
-    and imaginary parts at once (``view_as_real`` adds a trailing axis), which is one real
-    contraction instead of promoting the real operand to complex.
+    A product that contracts nothing (every index reaches the output) is a broadcast multiply,
+    which avoids the permute-reshape-bmm path (and its copies) einsum takes. A real operand
+    meeting a complex one in a contraction is contracted against the complex operand's real
+    and imaginary parts at once (``view_as_real`` adds a trailing axis): one real contraction
+    instead of promoting the real operand to complex.
     """
+    ins, out = equation.split("->")
+    terms = ins.split(",")
+    if len(operands) == 2 and set(terms[0]) | set(terms[1]) == set(out):
+        return _aligned(operands[0], terms[0], out) * _aligned(operands[1], terms[1], out)
     if len(operands) == 2 and operands[0].is_complex() != operands[1].is_complex():
         ins, out = equation.split("->")
         left, right = ins.split(",")
@@ -110,7 +125,7 @@ class FFTConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kernel: Tensor, signal: Tensor, equation: str, n: int, length: int):
         """Convolve; saves the real inputs only."""
-        spectrum = torch.einsum(equation, torch.fft.rfft(kernel, n=n), torch.fft.rfft(signal, n=n))
+        spectrum = einsum(equation, torch.fft.rfft(kernel, n=n), torch.fft.rfft(signal, n=n))
         ctx.save_for_backward(kernel, signal)
         ctx.equation, ctx.n = equation, n
         return torch.fft.irfft(spectrum, n=n)[..., :length]
@@ -127,11 +142,11 @@ class FFTConv(torch.autograd.Function):
         d_kernel = d_signal = None
         if ctx.needs_input_grad[0]:
             fu = torch.fft.rfft(signal, n=n).conj()
-            d_kernel = torch.fft.irfft(torch.einsum(f"{out},{u_axes}->{k_axes}", g, fu), n=n)
+            d_kernel = torch.fft.irfft(einsum(f"{out},{u_axes}->{k_axes}", g, fu), n=n)
             d_kernel = d_kernel[..., : kernel.shape[-1]]
         if ctx.needs_input_grad[1]:
             fk = torch.fft.rfft(kernel, n=n).conj()
-            d_signal = torch.fft.irfft(torch.einsum(f"{out},{k_axes}->{u_axes}", g, fk), n=n)
+            d_signal = torch.fft.irfft(einsum(f"{out},{k_axes}->{u_axes}", g, fk), n=n)
             d_signal = d_signal[..., : signal.shape[-1]]
         return d_kernel, d_signal, None, None, None
 

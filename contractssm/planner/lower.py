@@ -236,7 +236,8 @@ def emit_kernel_mode(b: ProgramBuilder, graph: Graph, lay: Layout, s: Strategy) 
         a for a in _ordered(lay.states + "".join(w_axes[n] for n in ker), need_k) if a != "T"
     )
     i_u = u_axes[:-1]
-    i_z = "".join(a for a in _ordered(i_k + i_u, axes_of(post) | out_lower))
+    # Signal-side axes first (batch leading), so the output contraction needs no copies.
+    i_z = "".join(a for a in _ordered(i_u + i_k, axes_of(post) | out_lower))
     realk = real_kernel(graph, s)
 
     if s.algorithm == "fft":
