@@ -7,6 +7,7 @@ parsing at call time. Helpers it calls live in :mod:`contractssm.codegen.runtime
 
 from __future__ import annotations
 
+from contractssm.codegen.matmul import matmul_expression
 from contractssm.planner.steps import Step
 
 
@@ -17,6 +18,8 @@ def emit_function(
     returns: tuple[str, ...],
     axes: dict[str, str],
     header: str = "",
+    sizes: dict[str, int] | None = None,
+    is_complex: dict[str, bool] | None = None,
 ) -> str:
     """Source of a function ``name(*params)`` running ``steps`` and returning ``returns``.
 
@@ -27,8 +30,12 @@ def emit_function(
         returns: names of the tensors returned.
         axes: axes of every input (steps add their outputs).
         header: a comment block placed above the function (e.g. the plan summary).
+        sizes: axis sizes; with ``is_complex`` (of every input), lets two-operand contractions
+            of like dtypes be emitted as ``torch.matmul`` on views.
+        is_complex: whether each input is complex.
     """
     axes = dict(axes)
+    cplx = dict(is_complex or {})
     lines = [f"def {name}({', '.join(params)}):"]
     if header:
         lines += [f"    # {line}" if line else "    #" for line in header.splitlines()]
@@ -39,8 +46,9 @@ def emit_function(
     ]
     for step in steps:
         lines.append(f"    # {_describe(step)}")
-        lines.extend("    " + line for line in _emit(step, axes))
+        lines.extend("    " + line for line in _emit(step, axes, sizes, cplx))
         axes[step.output] = step.axes
+        cplx[step.output] = step.is_complex
     lines.append(f"    return {', '.join(returns)}{',' if len(returns) == 1 else ''}")
     return "\n".join(lines) + "\n"
 
@@ -51,9 +59,13 @@ def _describe(step: Step) -> str:
     return f"[{step.phase}] {step.op} {what} -> {shape}{' complex' if step.is_complex else ''}"
 
 
-def _emit(step: Step, axes: dict[str, str]) -> list[str]:
+def _emit(step: Step, axes: dict[str, str], sizes, cplx: dict[str, bool]) -> list[str]:
     out, ins, a = step.output, step.inputs, step.attrs and dict(step.attrs)
     op = step.op
+    if op == "einsum" and len(ins) == 2 and sizes and cplx.get(ins[0]) == cplx.get(ins[1]):
+        expr = matmul_expression(step.equation, ins[0], ins[1], sizes)
+        if expr is not None:
+            return [f"{out} = {expr}"]
     if op == "einsum":
         args = ", ".join(ins)
         return [f'{out} = rt.einsum("{step.equation}", {args})']

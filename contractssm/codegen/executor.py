@@ -101,7 +101,10 @@ def _executors(plan: Plan) -> Executors:
 def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) -> Executor:
     axes = {p: builder.tensors[p].axes for p in params}
     steps = fuse_fft_conv(tuple(builder.steps), outputs)
-    body = emit_function(f"_{name}_body", params, steps, outputs, axes)
+    body = emit_function(
+        f"_{name}_body", params, steps, outputs, axes, sizes=builder.sizes,
+        is_complex={p: builder.tensors[p].is_complex for p in params},
+    )
     graph = parse(plan.declaration)
     complex_inputs = {"A"} | {w.name for w in graph.weights if w.is_complex}
     lines = [f"def {name}({', '.join(params)}):"]

@@ -1,0 +1,126 @@
+"""Two-operand contractions as one ``torch.matmul`` on views, decided at code-generation time.
+
+``torch.einsum`` folds indices by permuting and reshaping, which copies whenever the requested
+layout differs from memory order; ``torch.matmul`` broadcasts batch axes and reads transposed
+operands without copies. When both operands' axes fall into blocks that a batched matmul can
+read as they lie (batch axes first, then the kept and contracted blocks in either order), the
+generated line is a ``matmul`` of reshaped views; otherwise the generator keeps the einsum.
+
+Example:
+    >>> matmul_expression("adT,ed->aeT", "x", "w", {"a": 8, "d": 64, "T": 1024, "e": 4})
+    'torch.matmul(w.reshape(1, 4, 64), x.reshape(8, 64, 1024))'
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def _blocks(axes: str, batch: list[str], first: list[str], second: list[str]) -> bool:
+    """Whether ``axes`` reads as ``batch`` (in that order), then ``first``, then ``second``."""
+    present = [a for a in batch if a in axes]
+    return axes == "".join(present) + "".join(first) + "".join(second)
+
+
+def _view(name: str, axes: str, batch: list[str], rows: list[str], cols: list[str],
+          sizes: dict[str, int], transposed: bool) -> str:
+    """``name`` reshaped to (batch..., rows, cols), size 1 for batch axes it lacks."""
+    shape = [sizes[a] if a in axes else 1 for a in batch]
+    inner = [math.prod(sizes[a] for a in cols), math.prod(sizes[a] for a in rows)]
+    if not transposed:
+        inner.reverse()
+    expr = f"{name}.reshape({', '.join(map(str, shape + inner))})"
+    return f"{expr}.transpose(-1, -2)" if transposed else expr
+
+
+def matmul_expression(equation: str, left: str, right: str, sizes: dict[str, int]) -> str | None:
+    """A ``torch.matmul`` expression equal to ``einsum(equation, left, right)``, or ``None``.
+
+    ``None`` when some index is summed inside one operand, nothing is contracted, or an
+    operand's axes do not fall into matmul blocks without a copy.
+    """
+    ins, out = equation.split("->")
+    ia, ib = ins.split(",")
+    if len(set(ia)) != len(ia) or len(set(ib)) != len(ib):
+        return None
+    if any(x not in ib and x not in out for x in ia) or any(
+        x not in ia and x not in out for x in ib
+    ):
+        return None
+    k_axes = [x for x in ia if x in ib and x not in out]
+    if not k_axes:
+        return None
+    # Batch axes: a prefix of the output; an axis only one operand has is broadcast over the
+    # other (size 1 there). Of the layouts that work, the one with the fewest (largest)
+    # matmuls wins.
+    best = None
+    for cut in range(len(out) + 1):
+        batch = list(out[:cut])
+        m_axes = [x for x in ia if x not in ib and x not in batch]
+        n_axes = [x for x in ib if x not in ia and x not in batch]
+        count = math.prod(sizes[a] for a in batch)
+        for penalty, expr in _try_roles(left, right, ia, ib, batch, k_axes, m_axes, n_axes,
+                                        out, sizes):
+            if best is None or (count, penalty) < best[0]:
+                best = ((count, penalty), expr)
+    return None if best is None else best[1]
+
+
+def _try_roles(left, right, ia, ib, batch, k_axes, m_axes, n_axes, out, sizes):
+    """Every (penalty, expression) for the two role assignments.
+
+    The penalty counts a permuted (non-contiguous) result first, then transposed operands.
+    """
+    for a_name, b_name, a_axes, b_axes, m, n in (
+        (left, right, ia, ib, m_axes, n_axes),
+        (right, left, ib, ia, n_axes, m_axes),
+    ):
+        # Left operand (batch, M, K) or transposed (batch, K, M); right (batch, K, N) or (N, K).
+        k_b = [x for x in b_axes if x in k_axes]
+        k_a = [x for x in a_axes if x in k_axes]
+        if k_a != k_b:
+            continue
+        a_plain, a_trans = _blocks(a_axes, batch, m, k_a), _blocks(a_axes, batch, k_a, m)
+        b_plain, b_trans = _blocks(b_axes, batch, k_b, n), _blocks(b_axes, batch, n, k_b)
+        if not (a_plain or a_trans) or not (b_plain or b_trans):
+            continue
+        lhs = _view(a_name, a_axes, batch, m, k_a, sizes, transposed=not a_plain)
+        rhs = _view(b_name, b_axes, batch, k_b, n, sizes, transposed=not b_plain)
+        product = f"torch.matmul({lhs}, {rhs})"
+        result_axes = batch + m + n
+        shape = [sizes[a] for a in result_axes]
+        if [sizes[a] for a in batch] + [math.prod(sizes[a] for a in m),
+                                          math.prod(sizes[a] for a in n)] != shape:
+            product = f"{product}.reshape({', '.join(map(str, shape))})"
+        permuted = "".join(result_axes) != out
+        if permuted:
+            perm = [result_axes.index(a) for a in out]
+            product = f"{product}.permute({', '.join(map(str, perm))})"
+        yield (permuted, (not a_plain) + (not b_plain)), product
+    for a_name, b_name, a_axes, b_axes, m, n in (
+        (left, right, ia, ib, m_axes, n_axes),
+        (right, left, ib, ia, n_axes, m_axes),
+    ):
+        # Left operand (batch, M, K) or transposed (batch, K, M); right (batch, K, N) or (N, K).
+        k_b = [x for x in b_axes if x in k_axes]
+        k_a = [x for x in a_axes if x in k_axes]
+        if k_a != k_b:
+            continue
+        a_plain, a_trans = _blocks(a_axes, batch, m, k_a), _blocks(a_axes, batch, k_a, m)
+        b_plain, b_trans = _blocks(b_axes, batch, k_b, n), _blocks(b_axes, batch, n, k_b)
+        if not (a_plain or a_trans) or not (b_plain or b_trans):
+            continue
+        lhs = _view(a_name, a_axes, batch, m, k_a, sizes, transposed=not a_plain)
+        rhs = _view(b_name, b_axes, batch, k_b, n, sizes, transposed=not b_plain)
+        product = f"torch.matmul({lhs}, {rhs})"
+        result_axes = batch + m + n
+        shape = [sizes[a] for a in result_axes]
+        if [sizes[a] for a in batch] + [math.prod(sizes[a] for a in m),
+                                          math.prod(sizes[a] for a in n)] != shape:
+            product = f"{product}.reshape({', '.join(map(str, shape))})"
+        permuted = "".join(result_axes) != out
+        if permuted:
+            perm = [result_axes.index(a) for a in out]
+            product = f"{product}.permute({', '.join(map(str, perm))})"
+        yield (permuted, (not a_plain) + (not b_plain)), product
+    return None
