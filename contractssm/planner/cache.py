@@ -90,6 +90,11 @@ class PlanCache:
                         pass
         return removed
 
+    def items(self) -> list[tuple[tuple, Plan]]:
+        """The in-memory (key, plan) pairs, least recently used first."""
+        with self._lock:
+            return list(self._memory.items())
+
     def files(self) -> list[str]:
         """Paths of the plan files on disk."""
         directory = self.directory
