@@ -132,3 +132,24 @@ def test_plan_for_reports_the_plan():
     layer = _layer()
     p = layer.plan_for((4, 2, 5, 256), dtype=torch.float64)
     assert isinstance(p, contractssm.Plan) and dict(p.sizes)
+
+
+def test_state_dtype_and_device_are_checked():
+    layer = _layer()
+    x = torch.randn(2, 2, 5, 4, dtype=torch.float64)
+    with pytest.raises(ShapeError, match=r"dtype torch\.float32, expected torch\.float64"):
+        layer.stream(x, layer.init_state(2, dtype=torch.float32))
+    with pytest.raises(ShapeError, match="must be a real floating tensor"):
+        layer.stream(x, layer.init_state(2, dtype=torch.float64).to(torch.int64))
+
+
+def test_nan_and_inf_propagate_without_a_crash():
+    layer = _layer()
+    x = torch.randn(2, 2, 5, 16, dtype=torch.float64)
+    x[0, 0, 0, 3] = float("nan")
+    x[1, 1, 2, 5] = float("inf")
+    y = layer(x)
+    print(f"non-finite outputs: {(~torch.isfinite(y)).sum().item()} of {y.numel()}")
+    # FFT and Toeplitz algorithms spread a non-finite sample over the whole sequence (0 * nan
+    # is nan); what is promised is propagation without a crash.
+    assert not torch.isfinite(y[0, :, :, 3:]).all() and not torch.isfinite(y[1, :, :, 5:]).all()

@@ -151,5 +151,8 @@ def check_state(graph: Graph, ex: Executors, x: Tensor, state: Tensor) -> None:
         )
     if state.is_complex() or not state.is_floating_point():
         raise ShapeError(f"state must be a real floating tensor (re/im pairs), got {state.dtype}")
+    expected = torch.float64 if ex.plan.dtype == "float64" else torch.float32
+    if state.dtype != expected:
+        raise ShapeError(f"state has dtype {state.dtype}, expected {expected} (the plan's dtype)")
     if state.device != x.device:
         raise ShapeError(f"state is on {state.device} but the signal is on {x.device}")
