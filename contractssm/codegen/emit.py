@@ -53,6 +53,14 @@ def emit_function(
     return "\n".join(lines) + "\n"
 
 
+def _broadcast(expr: str, have: str, want: str) -> str:
+    """``expr`` (axes ``have``) permuted and indexed with ``None`` to broadcast as ``want``."""
+    order = [have.index(ax) for ax in want if ax in have]
+    if order != sorted(order):
+        expr = f"{expr}.permute({', '.join(map(str, order))})"
+    return f"{expr}[{', '.join(':' if ax in have else 'None' for ax in want)}]"
+
+
 def _describe(step: Step) -> str:
     shape = f"({', '.join(step.axes)})"
     what = step.equation or ", ".join(f"{k}={v}" for k, v in step.attrs)
@@ -75,8 +83,11 @@ def _emit(step: Step, axes: dict[str, str], sizes, cplx: dict[str, bool]) -> lis
         return [f"{out} = {ins[0]} + {ins[1]}"]
     if op == "powers":
         return [f"{out} = rt.powers({ins[0]}, {a['count']}, {a['scale']}, {a['offset']}, rdt, dev)"]
-    if op == "decay_toeplitz":
-        return [f"{out} = rt.decay_toeplitz({ins[0]}, {a['scale']}, {a['chunks']}, rdt, dev)"]
+    if op == "chunk_scan":
+        return [
+            f"{out} = rt.chunk_scan({_broadcast(ins[0], axes[ins[0]], step.axes[:-1])}, "
+            f"{ins[1]}, {a['scale']})"
+        ]
     if op == "closed_form":
         return [f"{out} = rt.closed_form({ins[0]}, {a['n']}, {a['length']}, rdt, dev)"]
     if op == "hermitian":
@@ -93,9 +104,9 @@ def _emit(step: Step, axes: dict[str, str], sizes, cplx: dict[str, bool]) -> lis
         eq = step.equation
         return [f'{out} = rt.fft_conv({ins[0]}, {ins[1]}, "{eq}", {a["n"]}, {a["length"]})']
     if op == "recur":
-        a_index = ", ".join(":" if ax in axes[ins[0]] else "None" for ax in step.axes)
-        u_index = ", ".join(":" if ax in axes[ins[2]] else "None" for ax in step.axes)
-        return [f"{out} = torch.exp({ins[0]})[{a_index}] * {ins[1]} + {ins[2]}[{u_index}]"]
+        a = _broadcast(f"torch.exp({ins[0]})", axes[ins[0]], step.axes)
+        u = _broadcast(ins[2], axes[ins[2]], step.axes)
+        return [f"{out} = {a} * {ins[1]} + {u}"]
     if op in ("unchunk", "truncate"):
         return [f"{out} = {ins[0]}.flatten(-2)[..., :{a['length']}]"]
     raise ValueError(f"no code generator for step op {op!r}")

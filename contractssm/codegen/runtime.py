@@ -59,12 +59,22 @@ def powers(rate: Tensor, count: int, scale: int, offset: int, rdt, dev) -> Tenso
     return torch.exp(rate.unsqueeze(-1) * tau)
 
 
-def decay_toeplitz(rate: Tensor, scale: int, chunks: int, rdt, dev) -> Tensor:
-    """``exp(rate * scale * (k - 1 - p))`` for ``p < k``, else 0: carries chunk states."""
-    k = torch.arange(chunks, device=dev)
-    lag = k[:, None] - 1 - k[None, :]
-    mask = (lag >= 0).to(rdt)
-    return torch.exp(rate[..., None, None] * (scale * lag.clamp(min=0)).to(rdt)) * mask
+def chunk_scan(rate: Tensor, states: Tensor, chunk: int) -> Tensor:
+    """Carried chunk states: ``out[..., k] = sum_{p < k} a^(chunk (k - 1 - p)) states[..., p]``.
+
+    ``rate`` is broadcast against ``states`` without its last (chunk) axis, ``a = exp(rate)``.
+    A Hillis-Steele scan: ``ceil(log2 K)`` shifted multiply-adds with the decays
+    ``a^(chunk 2^i)`` computed directly (not by repeated squaring), then a shift by one chunk
+    makes it exclusive. Straight-line: the number of passes is fixed by the shape.
+    """
+    count = states.shape[-1]
+    h = states
+    step = 1
+    while step < count:
+        decay = torch.exp(rate * (chunk * step)).unsqueeze(-1)
+        h = torch.cat([h[..., :step], h[..., step:] + decay * h[..., :-step]], dim=-1)
+        step *= 2
+    return torch.nn.functional.pad(h[..., :-1], (1, 0))
 
 
 def closed_form(rate: Tensor, n: int, length: int, rdt, dev) -> Tensor:

@@ -324,13 +324,11 @@ def _chunked_conv(b, lay, s, u, i_u, i_k, i_z, ker, realk) -> str:
     uc = b.add("chunk", (u,), i_u + "KR", b.tensors[u].is_complex, "conv", chunk=t)
     z1 = b.contract([(tk, i_k + "RQ"), (uc, i_u + "KQ")], i_z + "KR", "conv")
     # chunk states: g[k] = sum_q a^(t-1-q) u[k, q]; carried h[k] = sum_{p<k} a^(t(k-1-p)) g[p]
+    # by a log-depth scan over chunks (memory of one state per chunk, no chunk x chunk matrix)
     h_axes = "".join(dict.fromkeys(i_u + lay.states))
     w_in = b.add("powers", ("A",), lay.states + "Q", True, "conv", count=t, scale=-1, offset=t - 1)
     g = b.contract([(w_in, lay.states + "Q"), (uc, i_u + "KQ")], h_axes + "K", "conv")
-    dec = b.add(
-        "decay_toeplitz", ("A",), lay.states + "KP", True, "conv", scale=t, chunks=b.sizes["K"]
-    )
-    hp = b.contract([(dec, lay.states + "KP"), (g, h_axes + "P")], h_axes + "K", "conv")
+    hp = b.add("chunk_scan", ("A", g), h_axes + "K", True, "conv", scale=t)
     # inter-chunk: z2[k, r] = sum kernel weights * a^(r+1) * h[k]
     w_out = b.add("powers", ("A",), lay.states + "R", True, "conv", count=t, scale=1, offset=1)
     z2 = b.contract(

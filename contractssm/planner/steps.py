@@ -24,7 +24,7 @@ OPS = (
     "real",  # out = inputs[0].real
     "add",  # out = inputs[0] + inputs[1] (either may be complex; the result is if any is)
     "powers",  # out[S.., X] = exp(A[S..] * (offset + scale * arange(count)))
-    "decay_toeplitz",  # out[S.., K, P] = exp(A * scale * (K - 1 - P)) for P < K else 0
+    "chunk_scan",  # out[.., K] = sum_{P < K} exp(A * scale * (K - 1 - P)) in[.., P] (log-depth)
     "closed_form",  # out[S.., F] = (1 - a^L w^(-fL)) / (1 - a w^(-f)), w = exp(2 pi i / n)
     "hermitian",  # out[.., F'] = (in[.., f] + conj(in[.., -f])) / 2 for f <= n / 2
     "rfft",  # out[.., F] = rfft(in[.., T], n)
@@ -183,7 +183,11 @@ def step_seconds(
         per = 2.5 if op in ("rfft", "irfft") else 5.0
         flops = batch * per * n * math.log2(max(n, 2))
         return launch_s + max(flops / (profile.fft_gflops * 1e9), memory_s), flops
-    if op in ("powers", "decay_toeplitz"):
+    if op == "chunk_scan":
+        # ceil(log2 K) passes, each reading the state twice and writing it once.
+        passes = max(1, math.ceil(math.log2(max(2, sizes.get("K", 1)))))
+        return launch_s * passes + 3 * passes * memory_s, 8.0 * step.elements * passes
+    if op == "powers":
         return launch_s + memory_s + step.elements / (profile.transcendental_gelems * 1e9), 0.0
     if op == "closed_form":
         flops = 20.0 * step.elements
