@@ -158,6 +158,8 @@ COMMANDS: dict[str, Builder] = {
     "explain": _planning("explain"),
     "cache": _planning("cache"),
     "calibrate": _planning("calibrate"),
+    "bench": _planning("bench"),
+    "demo": _planning("demo"),
 }
 
 

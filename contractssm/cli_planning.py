@@ -1,4 +1,4 @@
-"""CLI subcommands about plans: ``plan``, ``explain``, ``cache`` and ``calibrate``.
+"""CLI subcommands about plans: ``plan``, ``explain``, ``cache``, ``calibrate`` and ``bench``.
 
 Registered into :data:`contractssm.cli.COMMANDS`; each builder adds one subparser.
 """
@@ -218,3 +218,95 @@ def build_calibrate(subparsers, add_parser) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--budget", type=float, default=12.0, help="seconds to spend (default 12)")
     p.set_defaults(func=_run_calibrate)
+
+
+def _import_bench():
+    """``benchmarks.bench`` from the source checkout (it is not part of the installed package).
+
+    Returns ``None`` when no ``benchmarks/bench.py`` is importable, from ``sys.path`` or from the
+    current directory.
+    """
+    import importlib
+    import sys
+    from pathlib import Path
+
+    try:
+        return importlib.import_module("benchmarks.bench")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("benchmarks", "benchmarks.bench"):
+            raise
+    if not (Path.cwd() / "benchmarks" / "bench.py").is_file():
+        return None
+    sys.modules.pop("benchmarks", None)
+    sys.path.insert(0, str(Path.cwd()))
+    return importlib.import_module("benchmarks.bench")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import sys
+
+    bench = _import_bench()
+    if bench is None:
+        print(
+            "contractssm: error: bench needs the source checkout: run it from the repository "
+            "root (no benchmarks/bench.py here)",
+            file=sys.stderr,
+        )
+        return 2
+    argv = ["--quick"] if args.quick else []
+    if args.json:
+        argv += ["--json", args.json]
+    if args.plot:
+        argv += ["--plot", args.plot]
+    if args.modes:
+        argv += ["--modes", *args.modes]
+    if args.rounds:
+        argv += ["--rounds", str(args.rounds)]
+    if args.no_memory:
+        argv.append("--no-memory")
+    return bench.main(argv)
+
+
+def build_bench(subparsers, add_parser) -> None:
+    """Register ``contractssm bench``."""
+    p = add_parser(
+        subparsers,
+        "bench",
+        "Benchmark the planner against the Centaurus rule and a one-einsum baseline.",
+        "examples:\n  contractssm bench --quick\n"
+        "  contractssm bench --json bench.json --plot bench.png\n"
+        "run from the repository root (the harness lives in benchmarks/, outside the package)",
+    )
+    p.add_argument("--quick", action="store_true", help="a subset in under 3 minutes")
+    p.add_argument("--json", metavar="FILE", help="write one record per case")
+    p.add_argument("--plot", metavar="FILE.png", help="bar chart (needs matplotlib)")
+    p.add_argument("--modes", nargs="+", help="modes to run (default: all seven)")
+    p.add_argument("--rounds", type=int, help="interleaved timing rounds")
+    p.add_argument("--no-memory", action="store_true", help="skip subprocess peak memory")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from contractssm.demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs, seed=args.seed, quick=args.quick)
+    return 0
+
+
+def build_demo(subparsers, add_parser) -> None:
+    """Register ``contractssm demo``."""
+    p = add_parser(
+        subparsers,
+        "demo",
+        "Plan every mode, check kernel/stream/step, train a small network on the digits data "
+        "set, stream it and draw the result (under a minute on 2 CPU cores).",
+        "examples:\n"
+        "  contractssm demo\n"
+        "  contractssm demo --out demo-out --epochs 20\n"
+        "  contractssm demo --quick            # 3 epochs, for a smoke test",
+    )
+    p.add_argument("--out", default=".", metavar="DIR", help="folder for the PNG (default: .)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 12)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data split and init")
+    p.add_argument("--quick", action="store_true", help="train briefly (3 epochs)")
+    p.set_defaults(func=_run_demo)

@@ -21,7 +21,7 @@ BLOCKS = [
 def test_python_block_runs(page, code, monkeypatch):
     from contractssm import modes
 
-    monkeypatch.setattr(modes, "_USER_MODES", dict(modes._USER_MODES))
+    monkeypatch.setattr(modes, "_USER_MODES", {})
     exec(compile(code, str(page), "exec"), {"__name__": "docs"})
 
 

@@ -102,7 +102,12 @@ def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) 
     axes = {p: builder.tensors[p].axes for p in params}
     steps = fuse_fft_conv(tuple(builder.steps), outputs)
     body = emit_function(
-        f"_{name}_body", params, steps, outputs, axes, sizes=builder.sizes,
+        f"_{name}_body",
+        params,
+        steps,
+        outputs,
+        axes,
+        sizes=builder.sizes,
         is_complex={p: builder.tensors[p].is_complex for p in params},
     )
     graph = parse(plan.declaration)

@@ -22,8 +22,15 @@ def _blocks(axes: str, batch: list[str], first: list[str], second: list[str]) ->
     return axes == "".join(present) + "".join(first) + "".join(second)
 
 
-def _view(name: str, axes: str, batch: list[str], rows: list[str], cols: list[str],
-          sizes: dict[str, int], transposed: bool) -> str:
+def _view(
+    name: str,
+    axes: str,
+    batch: list[str],
+    rows: list[str],
+    cols: list[str],
+    sizes: dict[str, int],
+    transposed: bool,
+) -> str:
     """``name`` reshaped to (batch..., rows, cols), size 1 for batch axes it lacks."""
     shape = [sizes[a] if a in axes else 1 for a in batch]
     inner = [math.prod(sizes[a] for a in cols), math.prod(sizes[a] for a in rows)]
@@ -59,8 +66,9 @@ def matmul_expression(equation: str, left: str, right: str, sizes: dict[str, int
         m_axes = [x for x in ia if x not in ib and x not in batch]
         n_axes = [x for x in ib if x not in ia and x not in batch]
         count = math.prod(sizes[a] for a in batch)
-        for penalty, expr in _try_roles(left, right, ia, ib, batch, k_axes, m_axes, n_axes,
-                                        out, sizes):
+        for penalty, expr in _try_roles(
+            left, right, ia, ib, batch, k_axes, m_axes, n_axes, out, sizes
+        ):
             if best is None or (count, penalty) < best[0]:
                 best = ((count, penalty), expr)
     return None if best is None else best[1]
@@ -89,38 +97,13 @@ def _try_roles(left, right, ia, ib, batch, k_axes, m_axes, n_axes, out, sizes):
         product = f"torch.matmul({lhs}, {rhs})"
         result_axes = batch + m + n
         shape = [sizes[a] for a in result_axes]
-        if [sizes[a] for a in batch] + [math.prod(sizes[a] for a in m),
-                                          math.prod(sizes[a] for a in n)] != shape:
+        if [sizes[a] for a in batch] + [
+            math.prod(sizes[a] for a in m),
+            math.prod(sizes[a] for a in n),
+        ] != shape:
             product = f"{product}.reshape({', '.join(map(str, shape))})"
         permuted = "".join(result_axes) != out
         if permuted:
             perm = [result_axes.index(a) for a in out]
             product = f"{product}.permute({', '.join(map(str, perm))})"
         yield (permuted, (not a_plain) + (not b_plain)), product
-    for a_name, b_name, a_axes, b_axes, m, n in (
-        (left, right, ia, ib, m_axes, n_axes),
-        (right, left, ib, ia, n_axes, m_axes),
-    ):
-        # Left operand (batch, M, K) or transposed (batch, K, M); right (batch, K, N) or (N, K).
-        k_b = [x for x in b_axes if x in k_axes]
-        k_a = [x for x in a_axes if x in k_axes]
-        if k_a != k_b:
-            continue
-        a_plain, a_trans = _blocks(a_axes, batch, m, k_a), _blocks(a_axes, batch, k_a, m)
-        b_plain, b_trans = _blocks(b_axes, batch, k_b, n), _blocks(b_axes, batch, n, k_b)
-        if not (a_plain or a_trans) or not (b_plain or b_trans):
-            continue
-        lhs = _view(a_name, a_axes, batch, m, k_a, sizes, transposed=not a_plain)
-        rhs = _view(b_name, b_axes, batch, k_b, n, sizes, transposed=not b_plain)
-        product = f"torch.matmul({lhs}, {rhs})"
-        result_axes = batch + m + n
-        shape = [sizes[a] for a in result_axes]
-        if [sizes[a] for a in batch] + [math.prod(sizes[a] for a in m),
-                                          math.prod(sizes[a] for a in n)] != shape:
-            product = f"{product}.reshape({', '.join(map(str, shape))})"
-        permuted = "".join(result_axes) != out
-        if permuted:
-            perm = [result_axes.index(a) for a in out]
-            product = f"{product}.permute({', '.join(map(str, perm))})"
-        yield (permuted, (not a_plain) + (not b_plain)), product
-    return None

@@ -1,0 +1,587 @@
+"""Planner vs the public Centaurus rule and a one-einsum baseline, measured side by side.
+
+Run: ``python -m benchmarks.bench [--quick] [--json FILE] [--plot FILE.png] [--modes ...]``
+(or ``contractssm bench ...`` from the repository root).
+
+For every case (a built-in mode at a grid cell) the contenders run in one process, interleaved
+(round-robin over contenders, several rounds, medians):
+
+* ``planner``: ``contractssm.plan(mode, sizes, requires_grad=True)``, default objective;
+* ``autotuned``: the same with ``autotune=True`` (not in ``--quick``);
+* every other candidate the plan kept (``Plan.candidates``, up to 8), giving
+  ``best_candidate`` and ``regret`` = planner fwd+bwd / best measured fwd+bwd;
+* ``baseline_a`` (the public Centaurus rule) and ``baseline_b`` (one frequency-domain einsum
+  ordered by opt_einsum "optimal"), see :mod:`benchmarks.baselines`.
+
+Forward time is one training forward (inputs require grad); forward+backward adds
+``y.sum().backward()``. Peak memory of forward+backward is the growth of the peak resident set
+size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) around one forward+backward in a fresh
+subprocess per contender and case (not in ``--quick``). Step mode (batch 1 and 8) is compared
+with kernel mode on a length-1 input, and chunked streaming (chunk 256) with kernel mode on the
+same total length, both without autograd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+import contractssm
+from benchmarks.baselines import baseline_a, baseline_b, predicted_bytes
+from benchmarks.planning import GRID, MODEL_GRID, centaurus_sizes, model_sizes
+from contractssm.codegen.bind import canonical_args, state_shape
+from contractssm.modes import get_graph
+from contractssm.planner.cache import PlanCache
+from contractssm.planner.plan import Plan
+
+ROOT = Path(__file__).resolve().parent.parent
+CENTAURUS_MODES = ("dws", "s5", "neck", "full")
+MODEL_MODES = ("s5_mimo", "lru", "s4d")
+CONTENDERS = ("planner", "autotuned", "best_candidate", "baseline_a", "baseline_b")
+#: Skip a contender predicted to need more than this many bytes or seconds.
+MAX_BYTES = 16 * 2**30
+MAX_SECONDS = 60.0
+#: A contender whose warm-up forward+backward takes longer than this is timed in one round only.
+SLOW_S = 5.0
+MEMORY_NOTE = (
+    "peak memory: growth of ru_maxrss (getrusage RUSAGE_SELF) around one forward+backward, "
+    "fresh subprocess per contender and case"
+)
+
+
+# -- cases and operands ---------------------------------------------------------------------------
+
+
+def grid_cases(modes: Sequence[str], quick: bool = False) -> list[tuple[str, dict[str, int]]]:
+    """(mode, sizes) of the grid (or the ``--quick`` subset) for the chosen modes."""
+    out = []
+    for mode in modes:
+        if mode in CENTAURUS_MODES:
+            cells = GRID[:1] if quick else GRID
+            out += [(mode, centaurus_sizes(mode, *cell)) for cell in cells]
+        elif mode in MODEL_MODES:
+            if quick and mode != "s5_mimo":
+                continue
+            cells = MODEL_GRID[:1] if quick else MODEL_GRID
+            out += [(mode, model_sizes(mode, b, length)) for b, length in cells]
+        else:
+            raise SystemExit(
+                f"bench: unknown mode {mode!r} (choose from "
+                f"{', '.join(CENTAURUS_MODES + MODEL_MODES)})"
+            )
+    return out
+
+
+def make_operands(
+    mode: str, sizes: dict[str, int], *, requires_grad: bool = True, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Random float32 operands by name: real signal, stable complex rate, weights."""
+    graph = get_graph(mode)
+    gen = torch.Generator().manual_seed(seed)
+    ops = {}
+    for op in graph.operands:
+        shape = [sizes[i] for i in op.indices]
+        if op is graph.recurrence:
+            re = -(0.01 + 0.5 * torch.rand(shape, generator=gen))
+            t = torch.complex(re, torch.randn(shape, generator=gen))
+        elif op.is_complex:
+            t = torch.complex(torch.randn(shape, generator=gen), torch.randn(shape, generator=gen))
+            t = t / math.sqrt(2 * max(1, t.shape[-1]))
+        else:
+            t = torch.randn(shape, generator=gen) / math.sqrt(max(1, shape[-1] if shape else 1))
+        ops[op.name] = t.requires_grad_(requires_grad)
+    return ops
+
+
+def _plan(mode: str, sizes: dict[str, int], **options) -> Plan:
+    """A freshly made plan (private in-memory cache: no stale plans from disk)."""
+    return contractssm.plan(mode, sizes, cache=PlanCache(directory=None), **options)
+
+
+def _fn_of(
+    mode: str, name: str, plan: Plan | None, ops: dict[str, torch.Tensor]
+) -> Callable[[], torch.Tensor]:
+    """A zero-argument forward for one contender over the operands ``ops``."""
+    if name == "baseline_a":
+        return lambda: baseline_a(mode, ops)
+    if name == "baseline_b":
+        return lambda: baseline_b(mode, ops)
+    kernel = contractssm.executors(plan).kernel
+    args = canonical_args(get_graph(mode), ops)
+    return lambda: kernel(*args)
+
+
+def _skip_reason(mode: str, sizes: dict[str, int], name: str) -> str | None:
+    """``"skipped (too large)"`` when a baseline is predicted over the memory/time limits."""
+    need = predicted_bytes(name, mode, sizes)
+    # A forward+backward touches its bytes a few times; ~1 GB/s is this CPU's pessimistic rate.
+    if need > MAX_BYTES or need / 1e9 > MAX_SECONDS:
+        return f"skipped (too large: ~{need / 2**30:.0f} GiB predicted)"
+    return None
+
+
+# -- timing ---------------------------------------------------------------------------------------
+
+
+def _clear_grads(ops: dict[str, torch.Tensor]) -> None:
+    for t in ops.values():
+        t.grad = None
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], torch.Tensor]],
+    ops: dict[str, torch.Tensor],
+    rounds: int,
+    log: Callable[[str], None] = print,
+    slow_s: float = SLOW_S,
+) -> dict[str, dict[str, float]]:
+    """Median forward and forward+backward milliseconds of each contender, interleaved.
+
+    Every contender runs one forward+backward to warm up; then each round runs every
+    contender's forward and forward+backward in turn. A contender whose warm-up exceeds
+    ``slow_s`` seconds runs in the first round only (one forward, one forward+backward).
+    """
+    fwd: dict[str, list[float]] = {k: [] for k in fns}
+    both: dict[str, list[float]] = {k: [] for k in fns}
+    slow = set()
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        fn().sum().backward()
+        took = time.perf_counter() - start
+        _clear_grads(ops)
+        if took > slow_s:
+            slow.add(name)
+        log(
+            f"    warm-up {name:24s} {took * 1e3:9.1f} ms"
+            + (" (slow: one round)" * (took > slow_s))
+        )
+    for r in range(rounds):
+        for name, fn in fns.items():
+            if r and name in slow:
+                continue
+            start = time.perf_counter()
+            y = fn()
+            fwd[name].append(time.perf_counter() - start)
+            del y
+            start = time.perf_counter()
+            fn().sum().backward()
+            both[name].append(time.perf_counter() - start)
+            _clear_grads(ops)
+    return {
+        k: {
+            "forward_ms": statistics.median(fwd[k]) * 1e3,
+            "fwdbwd_ms": statistics.median(both[k]) * 1e3,
+            "samples": len(both[k]),
+        }
+        for k in fns
+    }
+
+
+def _median_call(
+    fns: dict[str, Callable[[], object]], rounds: int, reps: int, slow_s: float = SLOW_S
+) -> dict[str, float]:
+    """Median seconds per call of each zero-argument function, interleaved over rounds.
+
+    A function whose warm-up call exceeds ``slow_s`` seconds runs in the first round only.
+    """
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    slow = set()
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        fn()
+        if time.perf_counter() - start > slow_s:
+            slow.add(name)
+    for r in range(rounds):
+        for name, fn in fns.items():
+            if r and name in slow:
+                continue
+            start = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            samples[name].append((time.perf_counter() - start) / reps)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def step_latency(mode: str, sizes: dict[str, int], batch: int, rounds: int) -> dict[str, float]:
+    """Per-token latency (ms) of step mode vs kernel mode on a length-1 input."""
+    graph = get_graph(mode)
+    batch_index = graph.signal.indices[0]
+    one = dict(sizes, **{batch_index: batch, graph.time: 1})
+    ops = make_operands(mode, one, requires_grad=False, seed=1)
+    plan = _plan(mode, one)
+    ex = contractssm.executors(plan)
+    args = canonical_args(graph, ops)
+    x_t = args[0].select(graph.signal.indices.index(graph.time), 0)
+    h0 = torch.zeros(state_shape(plan))
+    with torch.no_grad():
+        t = _median_call(
+            {
+                "step": lambda: ex.step(x_t, *args[1:], h0),
+                "kernel_l1": lambda: ex.kernel(*args),
+            },
+            rounds,
+            reps=50,
+        )
+    return {"step_ms": t["step"] * 1e3, "kernel_l1_ms": t["kernel_l1"] * 1e3}
+
+
+def stream_throughput(
+    mode: str, sizes: dict[str, int], rounds: int, chunk: int = 256, slow_s: float = SLOW_S
+) -> dict[str, float]:
+    """Tokens per second of chunked streaming (``chunk``) vs kernel mode, same total length."""
+    graph = get_graph(mode)
+    length = sizes[graph.time]
+    chunk = min(chunk, length)
+    ops = make_operands(mode, sizes, requires_grad=False, seed=2)
+    args = canonical_args(graph, ops)
+    kernel = contractssm.executors(_plan(mode, sizes)).kernel
+    chunk_plan = _plan(mode, dict(sizes, **{graph.time: chunk}))
+    stream = contractssm.executors(chunk_plan).stream
+    time_axis = graph.signal.indices.index(graph.time)
+    chunks = list(args[0].split(chunk, dim=time_axis))
+
+    def run_stream():
+        h = torch.zeros(state_shape(chunk_plan))
+        ys = []
+        for xc in chunks:
+            y, h = stream(xc, *args[1:], h)
+            ys.append(y)
+        return ys
+
+    with torch.no_grad():
+        t = _median_call({"stream": run_stream, "kernel": lambda: kernel(*args)}, rounds, 1, slow_s)
+    tokens = sizes[graph.signal.indices[0]] * length
+    return {
+        "chunk": chunk,
+        "stream_tokens_per_s": tokens / t["stream"],
+        "kernel_tokens_per_s": tokens / t["kernel"],
+    }
+
+
+# -- peak memory in a fresh subprocess ------------------------------------------------------------
+
+
+def _child_main() -> None:
+    """Subprocess entry: one forward+backward, print the ru_maxrss growth in MiB as JSON."""
+    spec = json.loads(sys.argv[1])
+    mode, sizes, name = spec["mode"], spec["sizes"], spec["name"]
+    plan = Plan.from_json(spec["plan"]) if spec.get("plan") else None
+    ops = make_operands(mode, sizes)
+    fn = _fn_of(mode, name, plan, ops)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn().sum().backward()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_mib": max(0, after - before) / 1024}))
+
+
+def peak_memory(mode: str, sizes: dict[str, int], name: str, plan: Plan | None) -> float | None:
+    """Peak-RSS growth (MiB) of one forward+backward of a contender, in a fresh process."""
+    spec = {"mode": mode, "sizes": sizes, "name": name, "plan": plan.to_json() if plan else None}
+    code = "from benchmarks.bench import _child_main; _child_main()"
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+    if out.returncode != 0:
+        print(f"    memory of {name} failed: {out.stderr.strip().splitlines()[-1:]}", flush=True)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+# -- one case -------------------------------------------------------------------------------------
+
+
+def _empty(reason: str | None = None) -> dict:
+    rec = {"forward_ms": None, "fwdbwd_ms": None, "peak_mib": None}
+    if reason:
+        rec["skipped"] = reason
+    return rec
+
+
+def run_case(
+    mode: str,
+    sizes: dict[str, int],
+    *,
+    rounds: int,
+    autotune: bool,
+    memory: bool,
+    extras: bool = True,
+    max_candidates: int = 8,
+    max_ratio: float = math.inf,
+    slow_s: float = SLOW_S,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Measure every contender on one case; returns its JSON record.
+
+    Args:
+        mode: a built-in mode.
+        sizes: its sizes.
+        rounds: interleaved timing rounds.
+        autotune: also time the autotuned plan.
+        memory: measure peak memory in subprocesses.
+        extras: also measure step latency and streaming throughput.
+        max_candidates: time the best this many candidates by prediction (planner included).
+        max_ratio: skip candidates predicted more than this many times slower than the plan.
+        slow_s: contenders whose warm-up exceeds this many seconds are timed once.
+        log: progress printer.
+    """
+    ops = make_operands(mode, sizes)
+    planner = _plan(mode, sizes, requires_grad=True)
+    plans: dict[str, Plan] = {"planner": planner}
+    if autotune:
+        plans["autotuned"] = _plan(mode, sizes, requires_grad=True, autotune=True)
+    candidates = []
+    for k, cand in enumerate(planner.candidates[:max_candidates]):
+        if cand.strategy == planner.strategy:
+            continue
+        if cand.peak_bytes > MAX_BYTES or cand.seconds > MAX_SECONDS:
+            log(f"    candidate {k} skipped (predicted too large)")
+            continue
+        if cand.seconds > max_ratio * planner.predicted_seconds:
+            log(f"    candidate {k} skipped (predicted > {max_ratio:g}x the plan)")
+            continue
+        plans[f"candidate_{k}"] = replace(planner, strategy=cand.strategy)
+        candidates.append((f"candidate_{k}", cand))
+    fns = {name: _fn_of(mode, name, p, ops) for name, p in plans.items()}
+    skipped = {}
+    for name in ("baseline_a", "baseline_b"):
+        reason = _skip_reason(mode, sizes, name)
+        if reason:
+            skipped[name] = reason
+            log(f"    {name}: {reason}")
+        else:
+            fns[name] = _fn_of(mode, name, None, ops)
+    times = time_interleaved(fns, ops, rounds, log, slow_s)
+
+    record: dict = {"mode": mode, "sizes": dict(sizes)}
+    for name in ("planner", "autotuned", "baseline_a", "baseline_b"):
+        if name in times:
+            record[name] = dict(times[name], peak_mib=None)
+        else:
+            record[name] = _empty(skipped.get(name, "not run" if name == "autotuned" else None))
+    record["planner"]["strategy"] = planner.strategy.describe()
+    if "autotuned" in plans:
+        record["autotuned"]["strategy"] = plans["autotuned"].strategy.describe()
+    pool = [n for n in times if n in plans]  # planner, autotuned, candidates
+    best = min(pool, key=lambda n: times[n]["fwdbwd_ms"])
+    record["best_candidate"] = dict(
+        times[best], peak_mib=None, name=best, strategy=plans[best].strategy.describe()
+    )
+    record["regret"] = times["planner"]["fwdbwd_ms"] / times[best]["fwdbwd_ms"]
+    record["candidates"] = [
+        {
+            "strategy": plans[name].strategy.describe(),
+            "predicted_ms": cand.seconds * 1e3,
+            **times[name],
+        }
+        for name, cand in candidates
+    ]
+    a = record["baseline_a"]["fwdbwd_ms"]
+    record["speedup_vs_a"] = a / times["planner"]["fwdbwd_ms"] if a else None
+    if memory:
+        for name in ("planner", "autotuned", "best_candidate", "baseline_a", "baseline_b"):
+            if record[name]["fwdbwd_ms"] is None:
+                continue
+            plan = plans.get(record[name].get("name", name))
+            kind = name if name.startswith("baseline") else "plan"
+            record[name]["peak_mib"] = peak_memory(mode, sizes, kind, plan)
+        record["memory_method"] = MEMORY_NOTE
+    if extras:
+        record["step"] = {f"batch_{b}": step_latency(mode, sizes, b, rounds) for b in (1, 8)}
+        record["stream"] = stream_throughput(mode, sizes, rounds, slow_s=slow_s)
+    return record
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+def _ms(v: float | None) -> str:
+    return "skipped" if v is None else f"{v:.2f}"
+
+
+def _sizes_text(sizes: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sizes.items())
+
+
+def markdown_table(records: list[dict]) -> str:
+    """The main results table (and the step/streaming table) as markdown."""
+    head = (
+        "| mode | sizes | planner fwd ms | planner fwd+bwd ms | baseline A fwd+bwd ms | "
+        "baseline B fwd+bwd ms | speedup vs A | regret | peak MiB planner / A / B |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for r in records:
+        speed = r.get("speedup_vs_a")
+        peaks = " / ".join(
+            "-" if r[n]["peak_mib"] is None else f"{r[n]['peak_mib']:.0f}"
+            for n in ("planner", "baseline_a", "baseline_b")
+        )
+        rows.append(
+            f"| {r['mode']} | {_sizes_text(r['sizes'])} | {_ms(r['planner']['forward_ms'])} | "
+            f"{_ms(r['planner']['fwdbwd_ms'])} | {_ms(r['baseline_a']['fwdbwd_ms'])} | "
+            f"{_ms(r['baseline_b']['fwdbwd_ms'])} | "
+            f"{'-' if speed is None else f'{speed:.2f}x'} | {r['regret']:.2f} | {peaks} |"
+        )
+    text = head + "\n".join(rows) + "\n"
+    extra = [r for r in records if "step" in r]
+    if extra:
+        text += (
+            "\n| mode | sizes | step ms/token b=1 | kernel(L=1) ms b=1 | step ms/token b=8 | "
+            "kernel(L=1) ms b=8 | stream tok/s (chunk 256) | kernel tok/s | stream / kernel |\n"
+            "|---|---|---|---|---|---|---|---|---|\n"
+        )
+        for r in extra:
+            s1, s8, st = r["step"]["batch_1"], r["step"]["batch_8"], r["stream"]
+            ratio = st["stream_tokens_per_s"] / st["kernel_tokens_per_s"]
+            text += (
+                f"| {r['mode']} | {_sizes_text(r['sizes'])} | {s1['step_ms']:.3f} | "
+                f"{s1['kernel_l1_ms']:.3f} | {s8['step_ms']:.3f} | {s8['kernel_l1_ms']:.3f} | "
+                f"{st['stream_tokens_per_s']:.3g} | {st['kernel_tokens_per_s']:.3g} | "
+                f"{ratio:.2f} |\n"
+            )
+    return text
+
+
+def summary(records: list[dict]) -> str:
+    """One paragraph of aggregates: geometric-mean speedup, regret median/worst."""
+    speed = [r["speedup_vs_a"] for r in records if r.get("speedup_vs_a")]
+    regret = [r["regret"] for r in records]
+    lines = []
+    if speed:
+        geo = math.exp(sum(map(math.log, speed)) / len(speed))
+        lines.append(
+            f"fwd+bwd speedup vs baseline A: geometric mean {geo:.2f}x, min {min(speed):.2f}x "
+            f"over {len(speed)} cells where baseline A ran"
+        )
+    lines.append(f"regret: median {statistics.median(regret):.3f}, worst {max(regret):.3f}")
+    return "\n".join(lines)
+
+
+def plot(records: list[dict], path: str) -> None:
+    """Bar chart of the fwd+bwd speedup vs baseline A per case."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = [r for r in records if r.get("speedup_vs_a")]
+    labels = [f"{r['mode']}\n{_sizes_text(r['sizes'])}" for r in cases]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(cases)), 4.5))
+    ax.bar(range(len(cases)), [r["speedup_vs_a"] for r in cases], color="tab:blue")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(cases)), labels, rotation=70, fontsize=6)
+    ax.set_ylabel("fwd+bwd speedup vs baseline A (x)")
+    ax.set_title("contractssm planner vs the public Centaurus rule")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def machine() -> dict:
+    """The machine the numbers were taken on."""
+    return {
+        "nproc": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "dtype": "float32",
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; print progress, the table and a summary.
+
+    Args:
+        argv: command-line arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status.
+    """
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a subset in under 3 minutes")
+    parser.add_argument("--json", metavar="FILE", help="write one record per case")
+    parser.add_argument("--plot", metavar="FILE.png", help="bar chart (needs matplotlib)")
+    parser.add_argument("--modes", nargs="+", default=list(CENTAURUS_MODES + MODEL_MODES))
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds (3 / 7)")
+    parser.add_argument("--no-memory", action="store_true", help="skip subprocess peak memory")
+    args = parser.parse_args(argv)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(
+                "bench: --plot needs matplotlib: pip install 'contractssm[plot]'", file=sys.stderr
+            )
+            return 2
+    rounds = args.rounds or (3 if args.quick else 7)
+    memory = not (args.quick or args.no_memory)
+    cases = grid_cases(args.modes, quick=args.quick)
+    info = machine()
+    print(
+        f"bench: {len(cases)} cases, {rounds} interleaved rounds, float32, "
+        f"{info['nproc']} CPUs, torch {info['torch']}"
+        + ("" if memory else "; peak memory not measured"),
+        flush=True,
+    )
+    records = []
+    start = time.perf_counter()
+    for k, (mode, sizes) in enumerate(cases, 1):
+        print(f"[{k}/{len(cases)}] {mode} {_sizes_text(sizes)}", flush=True)
+        rec = run_case(
+            mode,
+            sizes,
+            rounds=rounds,
+            autotune=not args.quick,
+            memory=memory,
+            max_candidates=5 if args.quick else 8,
+            max_ratio=10.0 if args.quick else math.inf,
+            slow_s=2.0 if args.quick else SLOW_S,
+            log=lambda s: print(s, flush=True),
+        )
+        records.append(rec)
+        print(
+            f"    planner {rec['planner']['fwdbwd_ms']:.2f} ms fwd+bwd, "
+            f"baseline A {_ms(rec['baseline_a']['fwdbwd_ms'])}, "
+            f"baseline B {_ms(rec['baseline_b']['fwdbwd_ms'])}, regret {rec['regret']:.2f} "
+            f"(best: {rec['best_candidate']['strategy']})",
+            flush=True,
+        )
+    print()
+    print(markdown_table(records))
+    print(summary(records))
+    print(MEMORY_NOTE if memory else "peak memory: not measured (--quick / --no-memory)")
+    print(f"total {time.perf_counter() - start:.0f} s", flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": info, "rounds": rounds, "cases": records}, fh, indent=1)
+    if args.plot:
+        plot(records, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
