@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from contractssm.planner.steps import FACTOR_POWERS, powers_split
+
 Tensor = torch.Tensor
 
 
@@ -54,9 +56,22 @@ def einsum(equation: str, *operands: Tensor) -> Tensor:
 
 
 def powers(rate: Tensor, count: int, scale: int, offset: int, rdt, dev) -> Tensor:
-    """``exp(rate[..., None] * (offset + scale * arange(count)))``: V[S, tau] and its factors."""
-    tau = offset + scale * torch.arange(count, device=dev, dtype=rdt)
-    return torch.exp(rate.unsqueeze(-1) * tau)
+    """``exp(rate[..., None] * (offset + scale * arange(count)))``: V[S, tau] and its factors.
+
+    Long runs are factorised: with ``t = fine * g + h``, ``a^(offset + scale t)`` is
+    ``a^offset * a^(scale fine g) * a^(scale h)``, which costs ``coarse + fine`` complex
+    exponentials per state instead of ``count`` (plus one complex multiply per element).
+    """
+    if count <= FACTOR_POWERS:
+        tau = offset + scale * torch.arange(count, device=dev, dtype=rdt)
+        return torch.exp(rate.unsqueeze(-1) * tau)
+    coarse, fine = powers_split(count)
+    g = offset + scale * fine * torch.arange(coarse, device=dev, dtype=rdt)
+    h = scale * torch.arange(fine, device=dev, dtype=rdt)
+    outer = (
+        torch.exp(rate[..., None] * g).unsqueeze(-1) * torch.exp(rate[..., None] * h)[..., None, :]
+    )
+    return outer.flatten(-2)[..., :count]
 
 
 def chunk_scan(rate: Tensor, states: Tensor, chunk: int) -> Tensor:

@@ -39,9 +39,14 @@ OPS = (
     "fft_conv",  # rfft, rfft, einsum, irfft fused by the code generator (never planned)
 )
 
-#: Backward cost relative to forward, per op (gradients of both einsum operands cost two
-#: contractions; transforms and elementwise ops cost about one more pass).
-BACKWARD_FACTOR = {"einsum": 2.0}
+#: Above this many powers per state the runtime factorises them (complex exp is slow on CPUs).
+FACTOR_POWERS = 64
+
+
+def powers_split(count: int) -> tuple[int, int]:
+    """(coarse, fine) counts of the factorisation ``t = fine * g + h`` of a run of powers."""
+    fine = 1 << max(0, round(math.log2(max(1, count)) / 2))
+    return -(-count // fine), fine
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,13 @@ def step_seconds(
         passes = max(1, math.ceil(math.log2(max(2, sizes.get("K", 1)))))
         return launch_s * passes + 3 * passes * memory_s, 8.0 * step.elements * passes
     if op == "powers":
-        return launch_s + memory_s + step.elements / (profile.transcendental_gelems * 1e9), 0.0
+        # The runtime factorises long runs: coarse + fine exponentials per state (see
+        # contractssm.codegen.runtime.powers), plus one complex multiply per element.
+        count = step.attr("count")
+        exps = step.elements
+        if count > FACTOR_POWERS:
+            exps = step.elements // count * sum(powers_split(count))
+        return launch_s + 2 * memory_s + exps / (profile.transcendental_gelems * 1e9), 0.0
     if op == "closed_form":
         flops = 20.0 * step.elements
         # A complex division per element plus one power: about four elementwise passes.
