@@ -206,6 +206,10 @@ def _device(device: object) -> tuple[str, str]:
 
 
 def _display_names(canon) -> tuple[tuple[str, str], ...]:
-    return tuple((new, old) for old, new in canon.operand_names) + tuple(
-        (new, old) for old, new in canon.index_names
-    )
+    names = canon.__dict__.get("_display_names")  # frozen value: memoised beside its fields
+    if names is None:
+        names = tuple((new, old) for old, new in canon.operand_names) + tuple(
+            (new, old) for old, new in canon.index_names
+        )
+        canon.__dict__["_display_names"] = names
+    return names

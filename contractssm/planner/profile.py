@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ class MachineProfile:
     launch_us: float = 8.0
     calibrated: bool = False
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple:
         """A hashable summary of the profile, for cache keys."""
         mm = tuple(
