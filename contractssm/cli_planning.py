@@ -87,11 +87,26 @@ def _write_dot(plan, path: str) -> None:
         fh.write(plan.to_dot())
 
 
+def _write_png(plan, path: str, *, to_stderr: bool = False) -> None:
+    """Draws the plan with :func:`contractssm.viz.save_plan_png` and says where it went."""
+    import sys
+
+    from contractssm.viz import save_plan_png
+
+    try:
+        written = save_plan_png(plan, path)
+    except OSError as exc:
+        raise PlanError(f"cannot write --png {path!r}: {exc.strerror or exc}") from exc
+    print(f"plan picture written to {written}", file=sys.stderr if to_stderr else sys.stdout)
+
+
 def _run_plan(args: argparse.Namespace) -> int:
     p = _make_plan(args)
     if args.dot:
         _write_dot(p, args.dot)
     print(p.to_json() if args.json else p)
+    if args.png:
+        _write_png(p, args.png, to_stderr=args.json)  # keep --json output parseable
     return 0
 
 
@@ -104,11 +119,13 @@ def build_plan(subparsers, add_parser) -> None:
         "examples:\n"
         "  contractssm plan neck --sizes b=8,c=64,d=64,n=4,m=16,l=1024\n"
         "  contractssm plan full --sizes b=1,c=256,d=256,n=16,l=4096 --train --json\n"
-        "  contractssm plan s5 --sizes b=8,c=64,d=64,s=64,l=4096 --memory-limit 64MiB --dot p.dot",
+        "  contractssm plan s5 --sizes b=8,c=64,d=64,s=64,l=4096 --memory-limit 64MiB --dot p.dot\n"
+        "  contractssm plan dws --sizes b=2,c=4,n=4,l=64 --png plan.png",
     )
     _add_plan_options(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--dot", metavar="FILE", help="also write the plan's graph in DOT")
+    p.add_argument("--png", metavar="FILE", help="also draw the plan to a PNG (needs matplotlib)")
     p.set_defaults(func=_run_plan)
 
 
@@ -127,6 +144,8 @@ def _run_explain(args: argparse.Namespace) -> int:
         print(ex.step.source)
     if args.dot:
         _write_dot(p, args.dot)
+    if args.png:
+        _write_png(p, args.png)
     return 0
 
 
@@ -139,11 +158,13 @@ def build_explain(subparsers, add_parser) -> None:
         "examples:\n"
         "  contractssm explain dws --sizes b=8,c=64,n=16,l=1024\n"
         "  contractssm explain 'y[b,d,l] = C[d,s] * ssm A[s;l] * B[s,c] * signal x[b,c,l]' \\\n"
-        "      --sizes b=2,c=8,d=8,s=16,l=256 --all",
+        "      --sizes b=2,c=8,d=8,s=16,l=256 --all\n"
+        "  contractssm explain neck --sizes b=2,c=8,d=8,n=2,m=4,l=64 --png plan.png",
     )
     _add_plan_options(p)
     p.add_argument("--all", action="store_true", help="also show stream and step executors")
     p.add_argument("--dot", metavar="FILE", help="write the plan's graph in DOT")
+    p.add_argument("--png", metavar="FILE", help="draw the plan to a PNG (needs matplotlib)")
     p.set_defaults(func=_run_explain)
 
 
@@ -192,6 +213,10 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from contractssm.planner.calibrate import calibrate, default_cache_dir, profile_name
     from contractssm.planner.profile import profile_path, save_profile
 
+    if not args.budget > 0 or args.budget == float("inf"):
+        raise PlanError(f"--budget must be a positive number of seconds, got {args.budget:g}")
+    if not args.device.strip():
+        raise PlanError("--device is empty; give e.g. cpu or cuda")
     dtype = getattr(torch, args.dtype)
     print(f"calibrating {args.device} ({args.dtype}), about {args.budget:.0f} s ...", flush=True)
     profile = calibrate(args.device, dtype, budget_s=args.budget)
@@ -253,6 +278,7 @@ def _run_bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    _check_bench_args(args, bench)
     argv = ["--quick"] if args.quick else []
     if args.json:
         argv += ["--json", args.json]
@@ -265,6 +291,16 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.no_memory:
         argv.append("--no-memory")
     return bench.main(argv)
+
+
+def _check_bench_args(args: argparse.Namespace, bench) -> None:
+    """Rejects unknown modes and non-positive rounds up front, as one-line errors."""
+    known = tuple(getattr(bench, "CENTAURUS_MODES", ())) + tuple(getattr(bench, "MODEL_MODES", ()))
+    for mode in args.modes or ():
+        if known and mode not in known:
+            raise SpecError(f"--modes: unknown mode {mode!r}; choose from {', '.join(known)}")
+    if args.rounds is not None and args.rounds < 1:
+        raise PlanError(f"--rounds must be at least 1, got {args.rounds}")
 
 
 def build_bench(subparsers, add_parser) -> None:

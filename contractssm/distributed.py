@@ -5,11 +5,16 @@ usually choose alike; autotuning, though, measures, and timings differ per rank.
 different code would still agree numerically, but :func:`share_plans` makes every rank use
 rank 0's plans so that all ranks run the same generated code (and compile the same graphs).
 
-Example:
-    Plan (or autotune) on every rank at the shapes the job uses, then call once::
+Layers keep the executors they have built, so the order matters: plan (or autotune) on rank 0
+first, share, and only then let the other ranks run the model.
 
-        model.prepare(shape)            # or one warm-up forward pass
+Example:
+    ::
+
+        if dist.get_rank() == 0:
+            model.prepare(shape)        # or one warm-up forward pass; autotune happens here
         contractssm.distributed.share_plans()
+        model.prepare(shape)            # other ranks now find rank 0's plans in their cache
 """
 
 from __future__ import annotations
@@ -23,9 +28,8 @@ from contractssm.planner.plan import Plan
 def share_plans(cache: PlanCache | None = None, *, src: int = 0, group=None) -> int:
     """Replace every rank's in-memory plans by rank ``src``'s; returns how many were shared.
 
-    Layers keep the executors they already built: call this before the first forward pass of
-    a layer (after planning through ``contractssm.plan`` or autotuning on rank ``src``), or
-    rebuild layers' executor caches afterwards.
+    Call it after rank ``src`` has planned (or autotuned) and before the other ranks run their
+    layers: layers keep the executors they have already built.
     """
     cache = DEFAULT_CACHE if cache is None else cache
     if not dist.is_available() or not dist.is_initialized():

@@ -1,4 +1,5 @@
 import json
+import pathlib
 import re
 import subprocess
 import sys
@@ -205,3 +206,82 @@ def test_calibrate_command(capsys, monkeypatch, tmp_path):
     assert main(["calibrate", "--budget", "1"]) == 0
     out = capsys.readouterr().out
     assert "saved to" in out and str(tmp_path) in out
+
+
+# -- pictures and the remaining commands' bad input ----------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("command", ["plan", "explain"])
+def test_png_writes_a_png(capsys, tmp_path, command):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / f"{command}.png"
+    assert main([command, "dws", "--sizes", "b=2,c=4,n=4,l=32", "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    assert str(png) in out
+
+
+def test_png_with_json_keeps_stdout_json(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "plan.png"
+    argv = ["plan", "dws", "--sizes", "b=2,c=4,n=4,l=32", "--json", "--png", str(png)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["algorithm"]
+    assert str(png) in captured.err
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_png_unwritable_path_is_one_line_error(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "no" / "such" / "dir" / "plan.png"
+    _one_line_error(
+        capsys, ["plan", "dws", "--sizes", "b=2,c=4,n=4,l=32", "--png", str(png)], "png"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["calibrate", "--budget", "0"], "--budget"),
+        (["calibrate", "--budget", "-1"], "--budget"),
+        (["calibrate", "--budget", "nan"], "--budget"),
+        (["bench", "--modes", "nosuch"], "nosuch"),
+        (["bench", "--modes", "dws", "--rounds", "0"], "--rounds"),
+        (["demo", "--epochs", "0"], "epochs"),
+    ],
+)
+def test_other_commands_bad_input_is_one_line_error(capsys, monkeypatch, argv, needle):
+    from contractssm.planner import calibrate as calibrate_module
+
+    # never measure or benchmark for real: the checks must come first
+    monkeypatch.setattr(calibrate_module, "calibrate", lambda *a, **k: pytest.fail("calibrated"))
+    monkeypatch.chdir(pathlib.Path(__file__).resolve().parent.parent)  # bench needs the checkout
+    _one_line_error(capsys, argv, needle)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["calibrate", "--dtype", "float16"],
+        ["calibrate", "--budget", "soon"],
+        ["bench", "--rounds", "many"],
+        ["demo", "--epochs", "x"],
+    ],
+)
+def test_argparse_rejections_exit_2_without_traceback(capsys, argv):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    assert "error:" in captured.err
+
+
+def test_planning_commands_help_has_examples(capsys):
+    for command in ["plan", "explain", "cache", "calibrate", "bench", "demo"]:
+        assert main([command, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert re.search(rf"contractssm {command}\b", out.split("example")[-1]), command
+    assert main(["plan", "--help"]) == 0
+    assert "--png" in capsys.readouterr().out

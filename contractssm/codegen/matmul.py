@@ -101,7 +101,7 @@ def _try_roles(left, right, ia, ib, batch, k_axes, m_axes, n_axes, out, sizes):
             math.prod(sizes[a] for a in m),
             math.prod(sizes[a] for a in n),
         ] != shape:
-            product = f"{product}.reshape({', '.join(map(str, shape))})"
+            product = f"{product}.reshape({tuple(shape)!r})"
         permuted = "".join(result_axes) != out
         if permuted:
             perm = [result_axes.index(a) for a in out]

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 from contractssm._version import __version__
@@ -175,7 +176,7 @@ def profile_for(kind: str, device_name: str, dtype: str = "float32") -> MachineP
 
             from contractssm.planner import calibrate
 
-            found = calibrate.profile_for(device_name, getattr(torch, dtype))
+            found = calibrate.profile_for(kind, getattr(torch, dtype))
         else:
             found = default_profile(kind)
         _PROFILES[(device_name, dtype)] = found
@@ -198,11 +199,26 @@ def _dtype_name(dtype: object) -> str:
 
 
 def _device(device: object) -> tuple[str, str]:
-    text = str(device)
+    return _device_name(str(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _device_name(text: str) -> tuple[str, str]:
+    """(kind, name) of a device.
+
+    A GPU is named by its model, not its index, so that ranks on ``cuda:0`` and ``cuda:1`` of
+    one machine share plans and profiles.
+    """
     kind = text.split(":")[0]
     if kind not in ("cpu", "cuda", "mps", "xpu"):
-        raise PlanError(f"unknown device {device!r}")
-    return kind, text if ":" in text or kind == "cpu" else f"{kind}:0"
+        raise PlanError(f"unknown device {text!r}")
+    if kind == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            index = int(text.split(":")[1]) if ":" in text else torch.cuda.current_device()
+            return kind, f"cuda:{torch.cuda.get_device_name(index)}"
+    return kind, kind
 
 
 def _display_names(canon) -> tuple[tuple[str, str], ...]:

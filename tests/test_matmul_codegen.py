@@ -1,0 +1,49 @@
+"""Two-operand contractions emitted as torch.matmul on views equal torch.einsum."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contractssm.codegen.matmul import matmul_expression
+
+LETTERS = "abcdeT"
+
+
+@st.composite
+def contractions(draw):
+    left = draw(st.permutations(LETTERS).map(lambda p: "".join(p[: draw(st.integers(0, 4))])))
+    right = draw(st.permutations(LETTERS).map(lambda p: "".join(p[: draw(st.integers(0, 4))])))
+    every = sorted(set(left) | set(right))
+    shared = set(left) & set(right)
+    out = [a for a in every if a not in shared or draw(st.booleans())]
+    out = "".join(draw(st.permutations(out)))
+    sizes = {a: draw(st.integers(1, 4)) for a in every}
+    return f"{left},{right}->{out}", sizes
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=contractions(), complex_=st.booleans())
+def test_matmul_expression_equals_einsum(case, complex_):
+    equation, sizes = case
+    ins, _ = equation.split("->")
+    left, right = ins.split(",")
+    dtype = torch.complex128 if complex_ else torch.float64
+    x = torch.randn([sizes[a] for a in left], dtype=dtype)
+    y = torch.randn([sizes[a] for a in right], dtype=dtype)
+    expr = matmul_expression(equation, "x", "y", sizes)
+    if expr is None:
+        return  # the generator keeps the einsum for this layout
+    got = eval(expr, {"torch": torch, "x": x, "y": y})
+    want = torch.einsum(equation, x, y)
+    assert got.shape == want.shape, (equation, expr)
+    assert torch.allclose(got, want, atol=1e-12), (equation, expr)
+
+
+def test_scalar_result_and_plain_matmul():
+    assert matmul_expression("a,a->", "x", "y", {"a": 3}).endswith(".reshape(())")
+    assert matmul_expression("ab,bc->ac", "x", "y", {"a": 3, "b": 4, "c": 2}) == (
+        "torch.matmul(x.reshape(3, 4), y.reshape(4, 2))"
+    )
+    assert matmul_expression("ab,ab->ab", "x", "y", {"a": 2, "b": 2}) is None  # no contraction
