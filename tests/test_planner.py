@@ -527,3 +527,8 @@ def test_autotune_times_candidates_and_persists(tmp_path):
     fresh = PlanCache(directory=str(tmp_path))
     assert contractssm.plan("neck", sizes, autotune=2, requires_grad=True, cache=fresh) == p
     assert fresh.disk_hits == 1
+
+
+def test_generator_recurrences_are_refused_clearly():
+    with pytest.raises(PlanError, match="kernel generator 's4'"):
+        contractssm.plan("s4", {"b": 1, "k": 1, "h": 4, "n": 4, "l": 16}, cache=memory_cache())

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from contractssm._version import __version__
 from contractssm.errors import PlanError
-from contractssm.ir import Graph
+from contractssm.ir import DIAGONAL, Graph
 from contractssm.modes import get_graph
 from contractssm.planner.cache import DEFAULT_CACHE, PlanCache
 from contractssm.planner.plan import KEPT_CANDIDATES, Plan
@@ -64,6 +64,12 @@ def plan(
         PlanError: no candidate fits the memory limit, or an option is unknown.
     """
     graph = get_graph(mode_or_declaration)
+    if graph.recurrence.generator != DIAGONAL:
+        raise PlanError(
+            f"recurrence {graph.recurrence.name!r} uses kernel generator "
+            f"{graph.recurrence.generator!r}; the planner plans diagonal recurrences only "
+            "(S4 runs its own DPLR kernel: contractssm.layers.S4)"
+        )
     canon = graph.canonical()
     csizes = canon.rename_sizes(graph.check_sizes(sizes))
     dtype_name = _dtype_name(dtype)
