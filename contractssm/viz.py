@@ -19,17 +19,7 @@ import sys
 from typing import Any
 
 from contractssm.errors import ContractSSMError
-
-#: Node colours by phase, as in :meth:`Plan.to_dot`.
-PHASE_COLOURS = {
-    "input": "white",
-    "signal": "lightblue",
-    "kernel": "khaki",
-    "conv": "salmon",
-    "output": "palegreen",
-    "skip": "lightgrey",
-    "state": "plum",
-}
+from contractssm.planner.plan import PHASE_COLOURS
 
 
 def pyplot() -> Any:

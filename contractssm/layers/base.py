@@ -43,6 +43,32 @@ def bucket_length(length: int, bucket: str | int | None) -> int:
     raise ShapeError(f"length_bucket must be None, 'pow2' or a positive int, got {bucket!r}")
 
 
+def right_aligned(x: Tensor, lengths) -> Tensor:
+    """``x`` (B, C, L) with each sequence b shifted to end at the last step, zeros in front.
+
+    Streaming the result from a zero state leaves each sequence's state after ``lengths[b]``
+    of its own steps (the zeros keep the zero state exactly zero).
+
+    Raises:
+        ShapeError: ``lengths`` is not an integer tensor of shape (B,) with values in [0, L].
+    """
+    batch, _, length = x.shape
+    if not isinstance(lengths, Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.shape != (batch,) or lengths.is_floating_point() or lengths.is_complex():
+        raise ShapeError(
+            f"lengths must be an integer tensor of shape ({batch},) (B), got "
+            f"{lengths.dtype} of shape {tuple(lengths.shape)}"
+        )
+    lengths = lengths.to(x.device)
+    lo, hi = int(lengths.min()), int(lengths.max())
+    if lo < 0 or hi > length:
+        raise ShapeError(f"lengths must lie in [0, L = {length}], got values in [{lo}, {hi}]")
+    source = torch.arange(length, device=x.device) - (length - lengths)[:, None]  # (b, l)
+    index = source.clamp(min=0)[:, None, :].expand(-1, x.shape[1], -1)
+    return torch.gather(x, 2, index) * (source >= 0)[:, None, :].to(x.dtype)
+
+
 class SSMModule(nn.Module):
     """Runs a graph's generated executors on operands computed by the subclass.
 

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from contractssm.errors import ShapeError, SpecError
-from contractssm.layers.base import SSMModule
+from contractssm.layers.base import SSMModule, right_aligned
 from contractssm.layers.centaurus import centaurus_mode, centaurus_operands, centaurus_parameters
 from contractssm.modes import get_graph
 from contractssm.planner.plan import Plan
@@ -178,22 +178,8 @@ class CentaurusBase(SSMModule):
         Each sequence is streamed right-aligned (zeros in front keep a zero state exactly zero),
         from a zero state, all in one call.
         """
-        batch, _, length = xt.shape
-        if not isinstance(lengths, Tensor):
-            lengths = torch.as_tensor(lengths)
-        if lengths.shape != (batch,) or lengths.is_floating_point() or lengths.is_complex():
-            raise ShapeError(
-                f"lengths must be an integer tensor of shape ({batch},) (B), got "
-                f"{lengths.dtype} of shape {tuple(lengths.shape)}"
-            )
-        lengths = lengths.to(xt.device)
-        lo, hi = int(lengths.min()), int(lengths.max())
-        if lo < 0 or hi > length:
-            raise ShapeError(f"lengths must lie in [0, L = {length}], got values in [{lo}, {hi}]")
-        source = torch.arange(length, device=xt.device) - (length - lengths)[:, None]  # (b, l)
-        valid = (source >= 0)[:, None, :]
-        shifted = xt.gather(-1, source.clamp(min=0)[:, None, :].expand_as(xt))
-        shifted = torch.where(valid, shifted, torch.zeros_like(shifted))
+        shifted = right_aligned(xt, lengths)
+        batch = xt.shape[0]
         _, states = self.ssm_stream(shifted, self.init_state(batch, xt.device, xt.dtype))
         return states
 

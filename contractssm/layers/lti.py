@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contractssm.errors import ShapeError, SpecError
-from contractssm.layers.base import SSMModule
+from contractssm.layers.base import SSMModule, right_aligned
 
 Tensor = torch.Tensor
 
@@ -242,21 +242,8 @@ class LTILayer(nn.Module):
         Each sequence is streamed right-aligned (the zeros before it keep the zero state zero),
         all in one pass from a zero state.
         """
-        batch, _, length = u.shape
-        if not isinstance(lengths, Tensor):
-            lengths = torch.as_tensor(lengths)
-        if lengths.shape != (batch,) or lengths.is_floating_point() or lengths.is_complex():
-            raise ShapeError(
-                f"lengths must be an integer tensor of shape ({batch},) (B), got "
-                f"{lengths.dtype} of shape {tuple(lengths.shape)}"
-            )
-        lengths = lengths.to(u.device)
-        lo, hi = int(lengths.min()), int(lengths.max())
-        if lo < 0 or hi > length:
-            raise ShapeError(f"lengths must lie in [0, L = {length}], got values in [{lo}, {hi}]")
-        source = torch.arange(length, device=u.device) - (length - lengths)[:, None]  # (b, l)
-        index = source.clamp(min=0)[:, None, :].expand(-1, u.shape[1], -1)
-        shifted = torch.gather(u, 2, index) * (source >= 0)[:, None, :].to(u.dtype)
+        shifted = right_aligned(u, lengths)
+        batch = u.shape[0]
         zero = torch.zeros(self._core_state_shape(batch), dtype=u.dtype, device=u.device)
         return self._core_stream(shifted, zero)[1]
 

@@ -17,6 +17,17 @@ from contractssm.planner.lower import Strategy
 from contractssm.planner.search import Candidate
 from contractssm.planner.steps import Step
 
+#: Node colours by phase, for drawings of a plan (DOT here, matplotlib in contractssm.viz).
+PHASE_COLOURS = {
+    "input": "white",
+    "signal": "lightblue",
+    "kernel": "khaki",
+    "conv": "salmon",
+    "output": "palegreen",
+    "skip": "lightgrey",
+    "state": "plum",
+}
+
 #: How many runner-up candidates a plan keeps.
 KEPT_CANDIDATES = 8
 
@@ -228,15 +239,7 @@ class Plan:
     def to_dot(self) -> str:
         """The program in Graphviz DOT (render with ``dot -Tpng``)."""
         g = self.to_networkx()
-        colours = {
-            "input": "white",
-            "signal": "lightblue",
-            "kernel": "khaki",
-            "conv": "salmon",
-            "output": "palegreen",
-            "skip": "lightgrey",
-            "state": "plum",
-        }
+        colours = PHASE_COLOURS
         lines = [
             "digraph plan {",
             "  rankdir=LR;",
