@@ -41,6 +41,9 @@ OPS = (
 
 #: Above this many powers per state the runtime factorises them (complex exp is slow on CPUs).
 FACTOR_POWERS = 64
+#: Below this many powers in all the runtime calls exp on every element; above, it builds
+#: geometric runs by cumulative products (a few exponentials per state).
+GEOMETRIC_MIN_ELEMENTS = 1 << 16
 
 
 def powers_split(count: int) -> tuple[int, int]:
@@ -193,12 +196,12 @@ def step_seconds(
         passes = max(1, math.ceil(math.log2(max(2, sizes.get("K", 1)))))
         return launch_s * passes + 3 * passes * memory_s, 8.0 * step.elements * passes
     if op == "powers":
-        # The runtime factorises long runs: coarse + fine exponentials per state (see
-        # contractssm.codegen.runtime.powers), plus one complex multiply per element.
+        # The runtime builds large runs as geometric sequences (see
+        # contractssm.codegen.runtime.powers): a few exponentials per state, then multiplies.
         count = step.attr("count")
         exps = step.elements
-        if count > FACTOR_POWERS:
-            exps = step.elements // count * sum(powers_split(count))
+        if count > FACTOR_POWERS or step.elements >= GEOMETRIC_MIN_ELEMENTS:
+            exps = step.elements // count * 3  # start, ratio (and coarse ratio) per state
         return launch_s + 2 * memory_s + exps / (profile.transcendental_gelems * 1e9), 0.0
     if op == "closed_form":
         flops = 20.0 * step.elements
