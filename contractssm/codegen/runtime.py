@@ -60,7 +60,7 @@ def _geometric(base: Tensor, count: int) -> Tensor:
 
     Complex ``exp`` is slow on CPUs (about 40 million per second here) while a complex multiply
     is cheap; the rounding grows like ``count`` ulps, far inside the float32 tolerance for the
-    counts used here (at most 256 per run).
+    counts used here (runs of about sqrt(L): 256 at L = 2^16).
     """
     run = base.unsqueeze(-1).expand(*base.shape, count - 1)
     ones = torch.ones_like(base).unsqueeze(-1)
