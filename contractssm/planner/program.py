@@ -191,15 +191,21 @@ class ProgramBuilder:
         """The real part of a contraction, taken as early as the operands allow.
 
         The complex operands are contracted first, the real part taken, then the real
-        operands applied (Re is linear over real factors; real arithmetic costs a quarter).
+        operands applied (Re is linear over real factors; real arithmetic costs a quarter),
+        unless that intermediate would be larger than every operand and the output (an outer
+        product of the complex operands): then all are contracted together, Re taken last.
         """
         cx = [op for op in operands if self.tensors[op[0]].is_complex]
         re = [op for op in operands if not self.tensors[op[0]].is_complex]
         if not cx:
             return self.contract(operands, out_axes, phase)
+        needed = set(out_axes).union(*(axes for _, axes in re))
+        mid = _ordered("".join(axes for _, axes in cx), needed)
+        largest = max(self.elements(axes) for _, axes in [*operands, (None, out_axes)])
+        if re and self.elements(mid) > largest:
+            whole = self.contract(operands, out_axes, phase)
+            return self.add("real", (whole,), out_axes, False, phase)
         if re:
-            needed = set(out_axes).union(*(axes for _, axes in re))
-            mid = _ordered("".join(axes for _, axes in cx), needed)
             part = self.contract(cx, mid, phase)
             part = self.add("real", (part,), mid, False, phase)
             return self.contract([(part, mid), *re], out_axes, phase)
