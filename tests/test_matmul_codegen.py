@@ -6,6 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contractssm.codegen import runtime as rt
 from contractssm.codegen.matmul import matmul_expression
 
 LETTERS = "abcdeT"
@@ -35,7 +36,7 @@ def test_matmul_expression_equals_einsum(case, complex_):
     expr = matmul_expression(equation, "x", "y", sizes)
     if expr is None:
         return  # the generator keeps the einsum for this layout
-    got = eval(expr, {"torch": torch, "x": x, "y": y})
+    got = eval(expr, {"torch": torch, "rt": rt, "x": x, "y": y})
     want = torch.einsum(equation, x, y)
     assert got.shape == want.shape, (equation, expr)
     assert torch.allclose(got, want, atol=1e-12), (equation, expr)
@@ -47,3 +48,26 @@ def test_scalar_result_and_plain_matmul():
         "torch.matmul(x.reshape(3, 4), y.reshape(4, 2))"
     )
     assert matmul_expression("ab,ab->ab", "x", "y", {"a": 2, "b": 2}) is None  # no contraction
+
+
+def test_broadcast_weight_uses_one_bmm_without_copies():
+    # A weight times a batched signal: the weight is expanded (a view), never folded into the
+    # signal's rows (torch.matmul's fold copies a transposed signal, twice in the backward).
+    sizes = {"a": 8, "d": 64, "T": 1024, "e": 4}
+    assert matmul_expression("adT,ed->aeT", "x", "w", sizes) == (
+        "rt.bmm(w.reshape(1, 4, 64), x.reshape(8, 64, 1024))"
+    )
+
+
+def test_partial_broadcast_is_left_to_einsum():
+    # Batch (a, e) where the Toeplitz has e but not a: flattening the expanded batch would
+    # materialise a copies of the Toeplitz, so no matmul layout is offered.
+    sizes = {"a": 8, "e": 64, "K": 8, "R": 128, "Q": 128}
+    assert matmul_expression("eRQ,aeKQ->aeKR", "t", "u", sizes) is None
+
+
+def test_bmm_matches_matmul_and_its_gradients():
+    w = torch.randn(1, 3, 5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(4, 5, 6, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(rt.bmm, (w, x))
+    assert torch.equal(rt.bmm(w, x), torch.matmul(w, x))

@@ -8,7 +8,7 @@ generated line is a ``matmul`` of reshaped views; otherwise the generator keeps 
 
 Example:
     >>> matmul_expression("adT,ed->aeT", "x", "w", {"a": 8, "d": 64, "T": 1024, "e": 4})
-    'torch.matmul(w.reshape(1, 4, 64), x.reshape(8, 64, 1024))'
+    'rt.bmm(w.reshape(1, 4, 64), x.reshape(8, 64, 1024))'
 """
 
 from __future__ import annotations
@@ -94,7 +94,15 @@ def _try_roles(left, right, ia, ib, batch, k_axes, m_axes, n_axes, out, sizes):
             continue
         lhs = _view(a_name, a_axes, batch, m, k_a, sizes, transposed=not a_plain)
         rhs = _view(b_name, b_axes, batch, k_b, n, sizes, transposed=not b_plain)
-        product = f"torch.matmul({lhs}, {rhs})"
+        # A broadcast batch axis (size 1 in one operand only) goes through rt.bmm, which
+        # expands the operand lacking it. Flattening the expanded batch is a view only when
+        # that operand has none of the batch axes; with some of them it would materialise
+        # (batch x operand) elements, so such layouts are left to einsum.
+        wide = [x for x in batch if sizes[x] > 1]
+        if any(0 < sum(x in axes for x in wide) < len(wide) for axes in (a_axes, b_axes)):
+            continue
+        broadcast = any(not (x in a_axes and x in b_axes) for x in wide)
+        product = f"{'rt.bmm' if broadcast else 'torch.matmul'}({lhs}, {rhs})"
         result_axes = batch + m + n
         shape = [sizes[a] for a in result_axes]
         if [sizes[a] for a in batch] + [
