@@ -64,10 +64,3 @@ def test_partial_broadcast_is_left_to_einsum():
     # materialise a copies of the Toeplitz, so no matmul layout is offered.
     sizes = {"a": 8, "e": 64, "K": 8, "R": 128, "Q": 128}
     assert matmul_expression("eRQ,aeKQ->aeKR", "t", "u", sizes) is None
-
-
-def test_bmm_matches_matmul_and_its_gradients():
-    w = torch.randn(1, 3, 5, dtype=torch.float64, requires_grad=True)
-    x = torch.randn(4, 5, 6, dtype=torch.float64, requires_grad=True)
-    torch.autograd.gradcheck(rt.bmm, (w, x))
-    assert torch.equal(rt.bmm(w, x), torch.matmul(w, x))

@@ -77,6 +77,8 @@ def _emit(step: Step, axes: dict[str, str], sizes, cplx: dict[str, bool]) -> lis
     if op == "einsum":
         args = ", ".join(ins)
         return [f'{out} = rt.einsum("{step.equation}", {args})']
+    if op == "einsum_real":
+        return [f'{out} = rt.einsum_real("{step.equation}", {ins[0]}, {ins[1]})']
     if op == "real":
         return [f"{out} = {ins[0]}.real"]
     if op == "add":

@@ -55,6 +55,26 @@ def einsum(equation: str, *operands: Tensor) -> Tensor:
     return torch.einsum(equation, *operands)
 
 
+def einsum_real(equation: str, p: Tensor, q: Tensor) -> Tensor:
+    """``einsum(equation, p, q).real`` without forming the complex product.
+
+    ``Re(p q) = Re p Re q - Im p Im q``: the smaller complex operand is stacked as
+    ``(Re, -Im)`` along a new summed axis and met by the other's ``view_as_real`` (no copy),
+    one real contraction writing a real result (a complex product writes twice the bytes and
+    its real part is another pass). A real operand meets the complex one's real part.
+    """
+    if not p.is_complex():
+        return einsum(equation, p, q.real)
+    if not q.is_complex():
+        return einsum(equation, p.real, q)
+    ins, out = equation.split("->")
+    left, right = ins.split(",")
+    if p.numel() > q.numel():
+        p, q, left, right = q, p, right, left
+    stacked = torch.stack((p.real, -p.imag), dim=-1)
+    return einsum(f"{left}z,{right}z->{out}", stacked, torch.view_as_real(q))
+
+
 def bmm(a: Tensor, b: Tensor) -> Tensor:
     """``torch.matmul`` of two equally ranked operands whose batch axes broadcast, as one bmm.
 

@@ -284,15 +284,13 @@ def _time_kernel(
             [(vg, lay.states + "G"), (vh, lay.states + "H"), *[(n, w_axes[n]) for n in ker]],
             i_k + "GH",
             "kernel",
+            real=realk,
         )
-        if realk:
-            kg = b.add("real", (kg,), i_k + "GH", False, "kernel")
         return b.add("truncate", (kg,), i_k + tau, not realk, "kernel", length=length)
     v = b.add("powers", ("A",), lay.states + tau, True, "kernel", count=length, scale=1, offset=0)
-    k = b.contract([(v, lay.states + tau), *[(n, w_axes[n]) for n in ker]], i_k + tau, "kernel")
-    if realk:
-        k = b.add("real", (k,), i_k + tau, False, "kernel")
-    return k
+    return b.contract(
+        [(v, lay.states + tau), *[(n, w_axes[n]) for n in ker]], i_k + tau, "kernel", real=realk
+    )
 
 
 def _fft_conv(b, graph, lay, s, u, i_u, i_k, i_z, ker, realk, u_complex) -> str:
@@ -332,10 +330,11 @@ def _chunked_conv(b, lay, s, u, i_u, i_k, i_z, ker, realk) -> str:
     # inter-chunk: z2[k, r] = sum kernel weights * a^(r+1) * h[k]
     w_out = b.add("powers", ("A",), lay.states + "R", True, "conv", count=t, scale=1, offset=1)
     z2 = b.contract(
-        [(w_out, lay.states + "R"), (hp, h_axes + "K"), *kernel_weights], i_z + "KR", "conv"
+        [(w_out, lay.states + "R"), (hp, h_axes + "K"), *kernel_weights],
+        i_z + "KR",
+        "conv",
+        real=realk,
     )
-    if realk:
-        z2 = b.add("real", (z2,), i_z + "KR", False, "conv")
     z = b.add(
         "add", (z1, z2), i_z + "KR", b.tensors[z1].is_complex or b.tensors[z2].is_complex, "conv"
     )

@@ -41,7 +41,7 @@ def backward_factor(step: Step) -> float:
 
     Gradients of a contraction need two contractions; every other step about one more pass.
     """
-    return 3.0 if step.op == "einsum" and "," in step.equation else 2.0
+    return 3.0 if step.op in ("einsum", "einsum_real") and "," in step.equation else 2.0
 
 
 class ProgramBuilder:
@@ -140,12 +140,20 @@ class ProgramBuilder:
         phase: str,
         *,
         name: str | None = None,
+        real: bool = False,
     ) -> str:
         """Contract ``(tensor name, axes as used here)`` pairs into ``out_axes``.
 
         Pairwise, in the cheapest order. A single operand whose axes already equal
-        ``out_axes`` is returned unchanged (no step).
+        ``out_axes`` is returned unchanged (no step). With ``real`` the result is the real
+        part: the last pairwise product is an ``einsum_real`` step (no complex result is
+        ever formed), or a ``real`` step after a single operand.
         """
+        if real and not any(self.tensors[src].is_complex for src, _ in operands):
+            real = False
+        if real and len(operands) == 1:
+            whole = self.contract(operands, out_axes, phase)
+            return self.add("real", (whole,), out_axes, False, phase, name=name)
         if len(operands) == 1 and operands[0][1] == out_axes and name is None:
             return operands[0][0]
         live = list(operands)
@@ -175,11 +183,12 @@ class ProgramBuilder:
                 needed = set(out_axes).union(*rest)
                 keep = _ordered(axes_a + axes_b, needed)
             is_complex = self.tensors[src_a].is_complex or self.tensors[src_b].is_complex
+            take_real = last and real and is_complex
             new = self.add(
-                "einsum",
+                "einsum_real" if take_real else "einsum",
                 (src_a, src_b),
                 keep,
-                is_complex,
+                is_complex and not take_real,
                 phase,
                 name=name if last else None,
                 equation=f"{axes_a},{axes_b}->{keep}",
@@ -190,7 +199,8 @@ class ProgramBuilder:
     def contract_real(self, operands: list[tuple[str, str]], out_axes: str, phase: str) -> str:
         """The real part of a contraction, taken as early as the operands allow.
 
-        The complex operands are contracted first, the real part taken, then the real
+        The complex operands are contracted first, the real part taken (by the last product
+        itself: ``einsum_real``), then the real
         operands applied (Re is linear over real factors; real arithmetic costs a quarter),
         unless that intermediate would be larger than every operand and the output (an outer
         product of the complex operands): then all are contracted together, Re taken last.
@@ -203,14 +213,11 @@ class ProgramBuilder:
         mid = _ordered("".join(axes for _, axes in cx), needed)
         largest = max(self.elements(axes) for _, axes in [*operands, (None, out_axes)])
         if re and self.elements(mid) > largest:
-            whole = self.contract(operands, out_axes, phase)
-            return self.add("real", (whole,), out_axes, False, phase)
+            return self.contract(operands, out_axes, phase, real=True)
         if re:
-            part = self.contract(cx, mid, phase)
-            part = self.add("real", (part,), mid, False, phase)
+            part = self.contract(cx, mid, phase, real=True)
             return self.contract([(part, mid), *re], out_axes, phase)
-        whole = self.contract(cx, out_axes, phase)
-        return self.add("real", (whole,), out_axes, False, phase)
+        return self.contract(cx, out_axes, phase, real=True)
 
     # -- summaries -------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from contractssm.planner.profile import MachineProfile, size_class
 #: The operations a step may perform (the code generator implements each one).
 OPS = (
     "einsum",  # out = einsum(equation, *inputs)
+    "einsum_real",  # out = Re(einsum(equation, *inputs)), two inputs, no complex product
     "real",  # out = inputs[0].real
     "add",  # out = inputs[0] + inputs[1] (either may be complex; the result is if any is)
     "powers",  # out[S.., X] = exp(A[S..] * (offset + scale * arange(count)))
@@ -176,6 +177,13 @@ def step_seconds(
     memory_s = traffic / (profile.elementwise_gbps * 1e9)
     launch_s = profile.launch_us * 1e-6
     op = step.op
+    if op == "einsum_real":
+        # Re(p q) = Re p Re q - Im p Im q: a real contraction with one more summed axis of 2
+        # (both complex), or a real one against the complex operand's real part (mixed).
+        flops, _, min_dim = einsum_cost(step.equation, sizes, (False, False))
+        flops *= 2 if all(complex_inputs) else 1
+        rate = profile.matmul_gflops["real"][size_class(min_dim)] * 1e9
+        return launch_s + max(flops / rate, memory_s), flops
     if op == "einsum":
         flops, _, min_dim = einsum_cost(step.equation, sizes, complex_inputs)
         kind = "complex" if any(complex_inputs) else "real"
