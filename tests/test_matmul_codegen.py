@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contractssm.codegen import runtime as rt
-from contractssm.codegen.matmul import matmul_expression
+from contractssm.planner.matmul import matmul_expression
 
 LETTERS = "abcdeT"
 

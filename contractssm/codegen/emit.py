@@ -7,7 +7,7 @@ parsing at call time. Helpers it calls live in :mod:`contractssm.codegen.runtime
 
 from __future__ import annotations
 
-from contractssm.codegen.matmul import matmul_expression
+from contractssm.planner.matmul import matmul_expression
 from contractssm.planner.steps import Step
 
 

@@ -13,9 +13,11 @@ Time-like axes:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
+from contractssm.planner.matmul import matmul_expression
 from contractssm.planner.profile import MachineProfile, size_class
 
 #: The operations a step may perform (the code generator implements each one).
@@ -158,6 +160,19 @@ def einsum_cost(
     return float(total * per / 2 if not contracted else total * per), elements, min(m, n, k)
 
 
+def _reads_in_place(equation: str, sizes: dict[str, int], complex_in: tuple[bool, ...]) -> bool:
+    """Whether the code generator emits this contraction as a matmul on views (no copies)."""
+    if len(complex_in) != 2 or complex_in[0] != complex_in[1]:
+        return False
+    letters = set(equation) - set(",->")
+    return _has_matmul(equation, tuple(sorted((a, sizes[a]) for a in letters)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _has_matmul(equation: str, sizes: tuple[tuple[str, int], ...]) -> bool:
+    return matmul_expression(equation, "a", "b", dict(sizes)) is not None
+
+
 def step_seconds(
     step: Step,
     sizes: dict[str, int],
@@ -190,6 +205,9 @@ def step_seconds(
         rate = profile.matmul_gflops[kind][size_class(min_dim)] * 1e9
         if "->" in step.equation and "," not in step.equation:  # reduction or permute
             return launch_s + memory_s, flops
+        if not _reads_in_place(step.equation, sizes, complex_inputs):
+            # torch.einsum permutes operands (and its result) into bmm order: copies.
+            return launch_s + max(flops / rate, memory_s) + memory_s, flops
         return launch_s + max(flops / rate, memory_s), flops
     if op in ("rfft", "irfft", "fft", "ifft"):
         n = step.attr("n")

@@ -1,4 +1,8 @@
-"""Two-operand contractions as one ``torch.matmul`` on views, decided at code-generation time.
+"""Two-operand contractions as one ``torch.matmul`` on views: the layout decision.
+
+The code generator emits the expression; the cost model asks whether one exists (a contraction
+without one goes through ``torch.einsum``, whose permute copies it prices). Pure string work:
+no torch here.
 
 ``torch.einsum`` folds indices by permuting and reshaping, which copies whenever the requested
 layout differs from memory order; ``torch.matmul`` broadcasts batch axes and reads transposed
