@@ -240,6 +240,40 @@ def test_step_seconds_irfft_counts_each_transform_once():
     assert b.steps[-1].flops == batch * 5.0 * n * math.log2(n)
 
 
+def test_workspace_bytes_by_hand():
+    # Temporaries the runtime allocates besides a step's output, counted into the peak.
+    sizes = {"a": 4, "b": 8, "c": 16, "T": 32, "F": 33}
+    b = ProgramBuilder(
+        sizes,
+        {
+            "x": TensorInfo("abT", False),
+            "w": TensorInfo("ca", False),
+            "v": TensorInfo("cb", True),
+            "z": TensorInfo("bcT", True),
+        },
+        ROUND,
+        4,
+    )
+    # A weight times a batched signal has a matmul layout: no copies.
+    m = b.add("einsum", ("x", "w"), "bcT", False, "signal", equation="abT,ca->bcT")
+    assert b.workspace_bytes(b.steps[-1]) == 0
+    # Contracting over a and T has none: both operands and the result are copied.
+    b.add("einsum", ("x", m), "ac", False, "signal", equation="abT,bcT->ac")
+    x_b, m_b, out_b = 4 * 8 * 32 * 4, 8 * 16 * 32 * 4, 4 * 16 * 4
+    print("non-matmul einsum workspace", b.workspace_bytes(b.steps[-1]))
+    assert b.workspace_bytes(b.steps[-1]) == x_b + m_b + out_b
+    # Re of a complex product: the smaller operand stacked as (Re, -Im), then a real einsum
+    # whose (c, z) contraction has no matmul layout: both operands and the result copied.
+    y = b.add("einsum_real", ("v", "z"), "bT", False, "conv", equation="cb,bcT->bT")
+    v_b, z_b, y_b = 16 * 8 * 2 * 4, 8 * 16 * 32 * 2 * 4, 8 * 32 * 4
+    assert b.workspace_bytes(b.steps[-1]) == v_b + (v_b + z_b + y_b)
+    # An rfft at n = 2L copies its input padded to n.
+    b.add("rfft", (m,), "bcF", True, "conv", n=64)
+    assert b.workspace_bytes(b.steps[-1]) == 2 * m_b
+    # The forward peak counts the worst step's live tensors plus its workspace.
+    assert b.peak_bytes((y,), False) >= m_b + x_b + m_b + out_b
+
+
 @pytest.mark.parametrize("itemsize", [4, 8])
 def test_peak_bytes_by_hand(itemsize):
     sizes = {"i": 4, "j": 8, "k": 2}

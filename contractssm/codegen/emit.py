@@ -44,11 +44,24 @@ def emit_function(
         f"    rdt = {params[0]}.dtype",
         "    cdt = rt.complex_of(rdt)",
     ]
-    for step in steps:
+    # Free each intermediate after its last use: a local lives until the function returns,
+    # which would keep every intermediate of a forward-only call alive (autograd keeps what
+    # the backward needs either way). The cost model's peak assumes these frees.
+    produced = {step.output for step in steps}
+    last_use = {}
+    for k, step in enumerate(steps):
+        for i in step.inputs:
+            last_use[i] = k
+    for k, step in enumerate(steps):
         lines.append(f"    # {_describe(step)}")
         lines.extend("    " + line for line in _emit(step, axes, sizes, cplx))
         axes[step.output] = step.axes
         cplx[step.output] = step.is_complex
+        dead = sorted(
+            {i for i in step.inputs if last_use[i] == k and i in produced and i not in returns}
+        )
+        if dead:
+            lines.append(f"    del {', '.join(dead)}")
     lines.append(f"    return {', '.join(returns)}{',' if len(returns) == 1 else ''}")
     return "\n".join(lines) + "\n"
 

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import opt_einsum
 
 from contractssm.planner.profile import MachineProfile
-from contractssm.planner.steps import Step, step_seconds
+from contractssm.planner.steps import Step, reads_in_place, step_seconds
 
 #: Time-like axis letters and what they mean; every other axis is a lowercase graph index.
 TIME_AXES = "TJFWKPRQGHO"
@@ -227,31 +227,73 @@ class ProgramBuilder:
             return sum(s.seconds for s in self.steps)
         return sum(s.seconds * backward_factor(s) for s in self.steps)
 
-    def peak_bytes(self, outputs: tuple[str, ...], backward: bool) -> int:
-        """Peak bytes of intermediates.
+    def nbytes(self, name: str) -> int:
+        """Bytes of a tensor of the program (complex counts twice)."""
+        info = self.tensors[name]
+        return self.elements(info.axes) * self.itemsize * (2 if info.is_complex else 1)
 
-        Live tensors at the worst step, or, when gradients are needed, every intermediate
-        (autograd saves them for the backward pass).
+    def workspace_bytes(self, step: Step) -> int:
+        """Bytes of the temporaries ``step`` allocates besides its output, at their peak.
+
+        What the runtime does (``contractssm.codegen.runtime``): an einsum without a matmul
+        layout copies its permuted operands and writes its result before permuting it; a
+        mixed real-by-complex one also makes its result contiguous; ``einsum_real`` stacks
+        the smaller operand's (Re, -Im); a padded FFT copies its padded input and an inverse
+        one writes all ``n`` samples before the slice; the chunk scan holds a shifted product,
+        a sum and the concatenation of one level at once; geometric powers keep a run.
         """
+        ins = [self.nbytes(i) for i in step.inputs if i in self.tensors]
+        out = self.nbytes(step.output)
+        op = step.op
+        if op in ("einsum", "einsum_real") and len(step.inputs) == 2:
+            cx = tuple(self.tensors[i].is_complex for i in step.inputs)
+            stacked = min(ins) if op == "einsum_real" and all(cx) else 0
+            ins_axes, out_axes = step.equation.split("->")
+            if op == "einsum" and set(ins_axes) - {","} == set(out_axes):
+                return 0  # nothing contracted: a broadcast multiply straight into the output
+            if reads_in_place(step.equation, self.sizes, (False, False) if stacked else cx):
+                return stacked
+            mixed = op == "einsum" and cx[0] != cx[1]
+            return stacked + sum(ins) + out * (2 if mixed else 1)
+        if op == "einsum":
+            src, kept = step.equation.split("->")
+            in_order = [a for a in src if a in kept] == list(kept)
+            return 0 if in_order else ins[0]  # a permuted operand is copied first
+        if op in ("rfft", "fft"):
+            return ins[0] * max(1, step.attr("n") // max(1, self._time_length(step.inputs[0])))
+        if op in ("irfft", "ifft"):
+            return out * max(1, -(-step.attr("n") // step.attr("length")))
+        if op in ("chunk_scan", "powers", "closed_form"):
+            return 3 * out
+        return 0
 
-        def nbytes(name: str) -> int:
-            info = self.tensors[name]
-            return self.elements(info.axes) * self.itemsize * (2 if info.is_complex else 1)
+    def _time_length(self, name: str) -> int:
+        axes = self.tensors[name].axes
+        return self.sizes[axes[-1]] if axes and axes[-1] in TIME_AXES else 1
 
+    def peak_bytes(self, outputs: tuple[str, ...], backward: bool) -> int:
+        """Peak bytes of intermediates and the temporaries of the step at the peak.
+
+        Forward: the live tensors at the worst step plus that step's workspace (see
+        :meth:`workspace_bytes`). With gradients, every intermediate (autograd saves them for
+        the backward pass) plus twice the largest workspace (a step's gradient contractions
+        allocate about what its forward did, for each of its two operands).
+        """
         produced = [s.output for s in self.steps]
+        workspace = [self.workspace_bytes(s) for s in self.steps]
         if backward:
-            return sum(nbytes(n) for n in produced)
+            return sum(self.nbytes(n) for n in produced) + 2 * max(workspace, default=0)
         last_use = {}
         for k, s in enumerate(self.steps):
             for i in s.inputs:
                 last_use[i] = k
         live, peak = 0, 0
         for k, s in enumerate(self.steps):
-            live += nbytes(s.output)
-            peak = max(peak, live)
+            live += self.nbytes(s.output)
+            peak = max(peak, live + workspace[k])
             for i in set(s.inputs):
                 if last_use.get(i) == k and i in produced and i not in outputs:
-                    live -= nbytes(i)
+                    live -= self.nbytes(i)
         return peak
 
 

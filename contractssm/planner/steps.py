@@ -160,7 +160,7 @@ def einsum_cost(
     return float(total * per / 2 if not contracted else total * per), elements, min(m, n, k)
 
 
-def _reads_in_place(equation: str, sizes: dict[str, int], complex_in: tuple[bool, ...]) -> bool:
+def reads_in_place(equation: str, sizes: dict[str, int], complex_in: tuple[bool, ...]) -> bool:
     """Whether the code generator emits this contraction as a matmul on views (no copies)."""
     if len(complex_in) != 2 or complex_in[0] != complex_in[1]:
         return False
@@ -205,7 +205,7 @@ def step_seconds(
         rate = profile.matmul_gflops[kind][size_class(min_dim)] * 1e9
         if "->" in step.equation and "," not in step.equation:  # reduction or permute
             return launch_s + memory_s, flops
-        if not _reads_in_place(step.equation, sizes, complex_inputs):
+        if not reads_in_place(step.equation, sizes, complex_inputs):
             # torch.einsum permutes operands (and its result) into bmm order: copies.
             return launch_s + max(flops / rate, memory_s) + memory_s, flops
         return launch_s + max(flops / rate, memory_s), flops
