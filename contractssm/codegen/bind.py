@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import torch
 
 from contractssm.codegen.executor import Executors, executors
-from contractssm.errors import ShapeError
+from contractssm.errors import ShapeError, SpecError
 from contractssm.ir import Graph
 from contractssm.modes import get_graph
 from contractssm.planner.api import plan as make_plan
@@ -57,7 +57,10 @@ def sizes_of(
     for name, t in operands.items():
         if not isinstance(t, Tensor):
             raise ShapeError(f"operand {name!r} is a {type(t).__name__}, expected a tensor")
-    sizes = graph.infer_sizes(shapes)
+    try:
+        sizes = graph.infer_sizes(shapes)
+    except SpecError as err:  # the tensors disagree with the declaration: a shape mistake
+        raise ShapeError(str(err)) from None
     if graph.skip is not None:
         for i, n in zip(graph.skip.signal_indices, shapes[x.name], strict=False):
             if sizes.setdefault(i, n) != n:
@@ -67,6 +70,14 @@ def sizes_of(
                 )
     if sizes[graph.time] < 1:
         raise ShapeError(f"signal {x.name!r} has length 0 along time index {graph.time!r}")
+    for name, shape in shapes.items():
+        op = next((o for o in graph.operands if o.name == name), None)
+        for i, n in zip(op.indices if op else (), shape, strict=False):
+            if n < 1:
+                raise ShapeError(
+                    f"operand {name!r} has size 0 along index {i!r} (shape {shape}); every "
+                    "size must be at least 1"
+                )
     return sizes
 
 

@@ -180,6 +180,8 @@ class LTILayer(nn.Module):
             raise ShapeError(f"{name} has parameters on {p.device} but the input is on {x.device}")
         if not step and x.shape[1 if not self.transposed else 2] < 1:
             raise ShapeError(f"{name} expects at least one time step, got {tuple(x.shape)}")
+        if x.shape[0] < 1:
+            raise ShapeError(f"{name} expects a batch of at least 1, got shape {tuple(x.shape)}")
         return x if (step or self.transposed) else x.transpose(1, 2)
 
     def _finish(self, y: Tensor) -> Tensor:
