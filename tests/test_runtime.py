@@ -57,3 +57,12 @@ def test_bmm_matches_matmul_and_its_gradients():
     x = torch.randn(4, 5, 6, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(rt.bmm, (w, x))
     assert torch.equal(rt.bmm(w, x), torch.matmul(w, x))
+
+
+def test_cexp_equals_complex_exp_with_gradients():
+    z = torch.complex(-3 * torch.rand(50, dtype=torch.float64), 40 * torch.randn(50).double())
+    err = (rt.cexp(z) - torch.exp(z)).abs().max().item()
+    print(f"cexp vs exp: max abs err {err:.2e}")
+    assert err < 1e-13
+    w = z[:6].clone().requires_grad_(True)
+    torch.autograd.gradcheck(rt.cexp, (w,))

@@ -119,7 +119,7 @@ def _emit(step: Step, axes: dict[str, str], sizes, cplx: dict[str, bool]) -> lis
         eq = step.equation
         return [f'{out} = rt.fft_conv({ins[0]}, {ins[1]}, "{eq}", {a["n"]}, {a["length"]})']
     if op == "recur":
-        a = _broadcast(f"torch.exp({ins[0]})", axes[ins[0]], step.axes)
+        a = _broadcast(f"rt.cexp({ins[0]})", axes[ins[0]], step.axes)
         u = _broadcast(ins[2], axes[ins[2]], step.axes)
         return [f"{out} = {a} * {ins[1]} + {u}"]
     if op in ("unchunk", "truncate"):

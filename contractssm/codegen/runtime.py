@@ -89,11 +89,21 @@ def bmm(a: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(a3, b3).reshape(*batch, a.shape[-2], b.shape[-1])
 
 
+def cexp(z: Tensor) -> Tensor:
+    """``exp(z)`` of a complex tensor as ``polar(exp(Re z), Im z)``.
+
+    PyTorch's complex ``exp`` runs about 45 million per second on this CPU; real ``exp``,
+    ``cos`` and ``sin`` are vectorised, and this form measured 3.5x faster (same values to
+    1e-7 in float32), gradients included (``polar`` and ``exp`` are differentiable).
+    """
+    return torch.polar(torch.exp(z.real), z.imag)
+
+
 def _geometric(base: Tensor, count: int) -> Tensor:
     """``base[..., None] ** arange(count)`` by a cumulative product.
 
-    Complex ``exp`` is slow on CPUs (about 40 million per second here) while a complex multiply
-    is cheap; the rounding grows like ``count`` ulps, far inside the float32 tolerance for the
+    Complex exponentials are slow on CPUs (see :func:`cexp`) while a complex multiply is
+    cheap; the rounding grows like ``count`` ulps, far inside the float32 tolerance for the
     counts used here (runs of about sqrt(L): 256 at L = 2^16).
     """
     run = base.unsqueeze(-1).expand(*base.shape, count - 1)
@@ -112,13 +122,13 @@ def powers(rate: Tensor, count: int, scale: int, offset: int, rdt, dev) -> Tenso
     if count <= FACTOR_POWERS and rate.numel() * count < GEOMETRIC_MIN_ELEMENTS:
         # Small: one exp call beats three ops.
         tau = offset + scale * torch.arange(count, device=dev, dtype=rdt)
-        return torch.exp(rate.unsqueeze(-1) * tau)
-    start = torch.exp(rate * offset).unsqueeze(-1)
+        return cexp(rate.unsqueeze(-1) * tau)
+    start = cexp(rate * offset).unsqueeze(-1)
     if count <= FACTOR_POWERS:
-        return start * _geometric(torch.exp(rate * scale), count)
+        return start * _geometric(cexp(rate * scale), count)
     coarse, fine = powers_split(count)
-    outer = (start * _geometric(torch.exp(rate * (scale * fine)), coarse)).unsqueeze(-1) * (
-        _geometric(torch.exp(rate * scale), fine)[..., None, :]
+    outer = (start * _geometric(cexp(rate * (scale * fine)), coarse)).unsqueeze(-1) * (
+        _geometric(cexp(rate * scale), fine)[..., None, :]
     )
     return outer.flatten(-2)[..., :count]
 
@@ -135,7 +145,7 @@ def chunk_scan(rate: Tensor, states: Tensor, chunk: int) -> Tensor:
     h = states
     step = 1
     while step < count:
-        decay = torch.exp(rate * (chunk * step)).unsqueeze(-1)
+        decay = cexp(rate * (chunk * step)).unsqueeze(-1)
         h = torch.cat([h[..., :step], h[..., step:] + decay * h[..., :-step]], dim=-1)
         step *= 2
     return torch.nn.functional.pad(h[..., :-1], (1, 0))
@@ -152,8 +162,8 @@ def closed_form(rate: Tensor, n: int, length: int, rdt, dev) -> Tensor:
     phase_l = torch.remainder(f * length, n) * (-2 * math.pi / n)
     w_l = torch.polar(torch.ones_like(phase_l), phase_l).to(cdt)
     w_1 = torch.polar(torch.ones_like(f), f * (-2 * math.pi / n)).to(cdt)
-    a = torch.exp(rate).unsqueeze(-1)
-    a_l = torch.exp(rate * length).unsqueeze(-1)
+    a = cexp(rate).unsqueeze(-1)
+    a_l = cexp(rate * length).unsqueeze(-1)
     return (1 - a_l * w_l) / (1 - a * w_1)
 
 
