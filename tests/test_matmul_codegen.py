@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contractssm.codegen import runtime as rt
-from contractssm.planner.matmul import matmul_expression
+from contractssm.planner.matmul import matmul_expression, realified_expression
 
 LETTERS = "abcdeT"
 
@@ -64,3 +64,40 @@ def test_partial_broadcast_is_left_to_einsum():
     # materialise a copies of the Toeplitz, so no matmul layout is offered.
     sizes = {"a": 8, "e": 64, "K": 8, "R": 128, "Q": 128}
     assert matmul_expression("eRQ,aeKQ->aeKR", "t", "u", sizes) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=contractions(), which=st.sampled_from(["mixed-left", "mixed-right", "real-part"]))
+def test_realified_expression_equals_einsum(case, which):
+    # Mixed real-by-complex products and real parts of complex products, as matmuls over
+    # (Re, Im) axes: the stacked operand and view_as_real feed one real bmm.
+    equation, sizes = case
+    left, right = equation.split("->")[0].split(",")
+    cx = {"mixed-left": (True, False), "mixed-right": (False, True), "real-part": (True, True)}
+    kinds = cx[which]
+    op = "einsum_real" if which == "real-part" else "einsum"
+
+    def make(axes, is_complex):
+        shape = [sizes[a] for a in axes]
+        dtype = torch.complex128 if is_complex else torch.float64
+        return torch.randn(shape, dtype=dtype)
+
+    x, y = make(left, kinds[0]), make(right, kinds[1])
+    expr = realified_expression(op, equation, ("x", "y"), kinds, sizes)
+    if expr is None:
+        return
+    got = eval(expr, {"torch": torch, "rt": rt, "x": x, "y": y})
+    want = torch.einsum(equation, x.to(torch.complex128), y.to(torch.complex128))
+    want = want.real if op == "einsum_real" else want
+    assert got.shape == want.shape and got.is_complex() == want.is_complex(), (equation, expr)
+    assert torch.allclose(got, want, atol=1e-12), (equation, expr)
+
+
+def test_chunked_state_products_are_matmuls():
+    # The chunked algorithm's state products (per-state vectors against the chunked signal)
+    # are bmm calls on views, the small per-state operand expanded over the batch.
+    sizes = {"a": 8, "e": 64, "K": 64, "Q": 16, "R": 16}
+    mixed = realified_expression("einsum", "eQ,aeKQ->aeK", ("p", "u"), (True, False), sizes)
+    assert mixed is not None and "rt.bmm" in mixed and "view_as_complex" in mixed
+    real_part = realified_expression("einsum_real", "eR,aeK->aeKR", ("p", "h"), (True, True), sizes)
+    assert real_part is not None and "rt.stack_conj_parts(p)" in real_part

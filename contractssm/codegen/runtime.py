@@ -46,13 +46,18 @@ def einsum(equation: str, *operands: Tensor) -> Tensor:
         ins, out = equation.split("->")
         left, right = ins.split(",")
         if operands[0].is_complex():
-            eq = f"{left}z,{right}->{out}z"
+            eq = f"{left}Z,{right}->{out}Z"
             res = torch.einsum(eq, torch.view_as_real(operands[0]), operands[1])
         else:
-            eq = f"{left},{right}z->{out}z"
+            eq = f"{left},{right}Z->{out}Z"
             res = torch.einsum(eq, operands[0], torch.view_as_real(operands[1]))
         return torch.view_as_complex(res.contiguous())
     return torch.einsum(equation, *operands)
+
+
+def stack_conj_parts(p: Tensor) -> Tensor:
+    """``(Re p, -Im p)`` on a new last axis: ``Re(p q)`` is this against ``(Re q, Im q)``."""
+    return torch.stack((p.real, -p.imag), dim=-1)
 
 
 def einsum_real(equation: str, p: Tensor, q: Tensor) -> Tensor:
@@ -61,7 +66,8 @@ def einsum_real(equation: str, p: Tensor, q: Tensor) -> Tensor:
     ``Re(p q) = Re p Re q - Im p Im q``: the smaller complex operand is stacked as
     ``(Re, -Im)`` along a new summed axis and met by the other's ``view_as_real`` (no copy),
     one real contraction writing a real result (a complex product writes twice the bytes and
-    its real part is another pass). A real operand meets the complex one's real part.
+    its real part is another pass). A real operand meets the complex one's real part. (The
+    code generator emits a matmul on views instead when the layout allows.)
     """
     if not p.is_complex():
         return einsum(equation, p, q.real)
@@ -71,8 +77,7 @@ def einsum_real(equation: str, p: Tensor, q: Tensor) -> Tensor:
     left, right = ins.split(",")
     if p.numel() > q.numel():
         p, q, left, right = q, p, right, left
-    stacked = torch.stack((p.real, -p.imag), dim=-1)
-    return einsum(f"{left}z,{right}z->{out}", stacked, torch.view_as_real(q))
+    return einsum(f"{left}Z,{right}Z->{out}", stack_conj_parts(p), torch.view_as_real(q))
 
 
 def bmm(a: Tensor, b: Tensor) -> Tensor:

@@ -19,6 +19,14 @@ from __future__ import annotations
 
 import math
 
+#: A partially broadcast operand may be materialised expanded while it stays this many times
+#: smaller than the other operand.
+SMALL_EXPANSION = 4
+
+#: How a complex operand enters a real contraction: ``view`` is ``torch.view_as_real`` (its
+#: ``(Re, Im)`` as a last axis, no copy), ``stacked`` is ``(Re, -Im)`` stacked (a copy).
+REAL_AXIS = "Z"
+
 
 def _blocks(axes: str, batch: list[str], first: list[str], second: list[str]) -> bool:
     """Whether ``axes`` reads as ``batch`` (in that order), then ``first``, then ``second``."""
@@ -44,11 +52,14 @@ def _view(
     return f"{expr}.transpose(-1, -2)" if transposed else expr
 
 
-def matmul_expression(equation: str, left: str, right: str, sizes: dict[str, int]) -> str | None:
+def matmul_expression(
+    equation: str, left: str, right: str, sizes: dict[str, int], *, permute_result: bool = True
+) -> str | None:
     """A ``torch.matmul`` expression equal to ``einsum(equation, left, right)``, or ``None``.
 
     ``None`` when some index is summed inside one operand, nothing is contracted, or an
-    operand's axes do not fall into matmul blocks without a copy.
+    operand's axes do not fall into matmul blocks without a copy (or, without
+    ``permute_result``, the result would need permuting into the output's order).
     """
     ins, out = equation.split("->")
     ia, ib = ins.split(",")
@@ -73,6 +84,8 @@ def matmul_expression(equation: str, left: str, right: str, sizes: dict[str, int
         for penalty, expr in _try_roles(
             left, right, ia, ib, batch, k_axes, m_axes, n_axes, out, sizes
         ):
+            if penalty[0] and not permute_result:
+                continue
             if best is None or (count, penalty) < best[0]:
                 best = ((count, penalty), expr)
     return None if best is None else best[1]
@@ -100,10 +113,17 @@ def _try_roles(left, right, ia, ib, batch, k_axes, m_axes, n_axes, out, sizes):
         rhs = _view(b_name, b_axes, batch, k_b, n, sizes, transposed=not b_plain)
         # A broadcast batch axis (size 1 in one operand only) goes through rt.bmm, which
         # expands the operand lacking it. Flattening the expanded batch is a view only when
-        # that operand has none of the batch axes; with some of them it would materialise
-        # (batch x operand) elements, so such layouts are left to einsum.
+        # that operand has none of the batch axes; with some of them it materialises
+        # (batch x operand) elements: allowed while that stays a small fraction of the other
+        # operand (a per-state vector against a signal), else left to einsum.
         wide = [x for x in batch if sizes[x] > 1]
-        if any(0 < sum(x in axes for x in wide) < len(wide) for axes in (a_axes, b_axes)):
+        elems = {ax: math.prod(sizes[x] for x in ax) for ax in (a_axes, b_axes)}
+        partial = [ax for ax in (a_axes, b_axes) if 0 < sum(x in ax for x in wide) < len(wide)]
+        expanded = {
+            ax: elems[ax] * math.prod(sizes[x] for x in wide if x not in ax) for ax in partial
+        }
+        other = {a_axes: elems[b_axes], b_axes: elems[a_axes]}
+        if any(expanded[ax] > other[ax] // SMALL_EXPANSION for ax in partial):
             continue
         broadcast = any(not (x in a_axes and x in b_axes) for x in wide)
         product = f"{'rt.bmm' if broadcast else 'torch.matmul'}({lhs}, {rhs})"
@@ -119,3 +139,71 @@ def _try_roles(left, right, ia, ib, batch, k_axes, m_axes, n_axes, out, sizes):
             perm = [result_axes.index(a) for a in out]
             product = f"{product}.permute({', '.join(map(str, perm))})"
         yield (permuted, (not a_plain) + (not b_plain)), product
+
+
+def realified(
+    op: str, equation: str, complex_in: tuple[bool, bool], sizes: dict[str, int]
+) -> tuple[str, tuple[str, str]] | None:
+    """A mixed or real-part contraction rewritten as a real one over ``(Re, Im)`` axes.
+
+    ``op`` is ``einsum`` (a real times a complex operand: the complex one as ``view``, the
+    ``(Re, Im)`` axis kept last in the output, which is then viewed as complex) or
+    ``einsum_real`` (the real part of a product: a real operand meets the other's real part,
+    two complex ones meet as ``stacked`` (the smaller) against ``view``, the axis summed).
+    Returns the real equation and how each operand enters (``real``, ``view`` or
+    ``stacked``), or ``None`` when there is no such rewriting.
+    """
+    ins, out = equation.split("->")
+    left, right = ins.split(",")
+    z = REAL_AXIS
+    if op == "einsum":
+        if complex_in[0] == complex_in[1]:
+            return None
+        if complex_in[0]:
+            return f"{left}{z},{right}->{out}{z}", ("view", "real")
+        return f"{left},{right}{z}->{out}{z}", ("real", "view")
+    if not any(complex_in):
+        return None
+    if complex_in[0] != complex_in[1]:
+        return None  # a real operand against a complex one's real part (a strided view)
+    first_small = math.prod(sizes[a] for a in left) <= math.prod(sizes[a] for a in right)
+    kinds = ("stacked", "view") if first_small else ("view", "stacked")
+    return f"{left}{z},{right}{z}->{out}", kinds
+
+
+def operand_expression(name: str, kind: str) -> str:
+    """The expression feeding operand ``name`` into a realified contraction."""
+    return {
+        "real": name,
+        "view": f"torch.view_as_real({name})",
+        "stacked": f"rt.stack_conj_parts({name})",
+    }[kind]
+
+
+def realified_expression(
+    op: str,
+    equation: str,
+    names: tuple[str, str],
+    complex_in: tuple[bool, bool],
+    sizes: dict[str, int],
+) -> str | None:
+    """A matmul expression for a mixed (``einsum``) or real-part (``einsum_real``) product.
+
+    ``None`` when the rewritten contraction has no matmul layout. A mixed product's result
+    is viewed as complex, so its ``(Re, Im)`` axis must come out last and unit-strided: its
+    result may not be permuted.
+    """
+    rewritten = realified(op, equation, complex_in, sizes)
+    if rewritten is None:
+        return None
+    eq, kinds = rewritten
+    expr = matmul_expression(
+        eq,
+        operand_expression(names[0], kinds[0]),
+        operand_expression(names[1], kinds[1]),
+        {**sizes, REAL_AXIS: 2},
+        permute_result=op != "einsum",
+    )
+    if expr is None:
+        return None
+    return f"torch.view_as_complex({expr})" if op == "einsum" else expr

@@ -251,7 +251,7 @@ class ProgramBuilder:
             ins_axes, out_axes = step.equation.split("->")
             if op == "einsum" and set(ins_axes) - {","} == set(out_axes):
                 return 0  # nothing contracted: a broadcast multiply straight into the output
-            if reads_in_place(step.equation, self.sizes, (False, False) if stacked else cx):
+            if reads_in_place(step.equation, self.sizes, cx, op):
                 return stacked
             mixed = op == "einsum" and cx[0] != cx[1]
             return stacked + sum(ins) + out * (2 if mixed else 1)

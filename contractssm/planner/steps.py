@@ -17,7 +17,7 @@ import functools
 import math
 from dataclasses import dataclass
 
-from contractssm.planner.matmul import matmul_expression
+from contractssm.planner.matmul import matmul_expression, realified_expression
 from contractssm.planner.profile import MachineProfile, size_class
 
 #: The operations a step may perform (the code generator implements each one).
@@ -160,17 +160,28 @@ def einsum_cost(
     return float(total * per / 2 if not contracted else total * per), elements, min(m, n, k)
 
 
-def reads_in_place(equation: str, sizes: dict[str, int], complex_in: tuple[bool, ...]) -> bool:
-    """Whether the code generator emits this contraction as a matmul on views (no copies)."""
-    if len(complex_in) != 2 or complex_in[0] != complex_in[1]:
+def reads_in_place(
+    equation: str, sizes: dict[str, int], complex_in: tuple[bool, ...], op: str = "einsum"
+) -> bool:
+    """Whether the code generator emits this contraction as a matmul on views (no copies).
+
+    Mixed real-by-complex and real-part products count when their realified form (see
+    :func:`contractssm.planner.matmul.realified`) has a matmul layout.
+    """
+    if len(complex_in) != 2:
         return False
     letters = set(equation) - set(",->")
-    return _has_matmul(equation, tuple(sorted((a, sizes[a]) for a in letters)))
+    key = tuple(sorted((a, sizes[a]) for a in letters))
+    return _has_matmul(op, equation, key, (bool(complex_in[0]), bool(complex_in[1])))
 
 
 @functools.lru_cache(maxsize=4096)
-def _has_matmul(equation: str, sizes: tuple[tuple[str, int], ...]) -> bool:
-    return matmul_expression(equation, "a", "b", dict(sizes)) is not None
+def _has_matmul(
+    op: str, equation: str, sizes: tuple[tuple[str, int], ...], cx: tuple[bool, bool]
+) -> bool:
+    if op == "einsum" and cx[0] == cx[1]:
+        return matmul_expression(equation, "a", "b", dict(sizes)) is not None
+    return realified_expression(op, equation, ("a", "b"), cx, dict(sizes)) is not None
 
 
 def step_seconds(
@@ -198,14 +209,15 @@ def step_seconds(
         flops, _, min_dim = einsum_cost(step.equation, sizes, (False, False))
         flops *= 2 if all(complex_inputs) else 1
         rate = profile.matmul_gflops["real"][size_class(min_dim)] * 1e9
-        return launch_s + max(flops / rate, memory_s), flops
+        copies = 0.0 if reads_in_place(step.equation, sizes, complex_inputs, op) else memory_s
+        return launch_s + max(flops / rate, memory_s) + copies, flops
     if op == "einsum":
         flops, _, min_dim = einsum_cost(step.equation, sizes, complex_inputs)
         kind = "complex" if any(complex_inputs) else "real"
         rate = profile.matmul_gflops[kind][size_class(min_dim)] * 1e9
         if "->" in step.equation and "," not in step.equation:  # reduction or permute
             return launch_s + memory_s, flops
-        if not reads_in_place(step.equation, sizes, complex_inputs):
+        if not reads_in_place(step.equation, sizes, complex_inputs, op):
             # torch.einsum permutes operands (and its result) into bmm order: copies.
             return launch_s + max(flops / rate, memory_s) + memory_s, flops
         return launch_s + max(flops / rate, memory_s), flops
