@@ -143,6 +143,46 @@ def test_streaming_matches_reference_and_final_state(mode, variant):
         assert err_y <= TOL64 and err_h <= TOL64
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v[0]}-{v[1]}-{v[2]}")
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_prepared_stream_and_step_match_the_reference(mode, variant):
+    # Executor.prepare hoists the parameter-only steps; the rest, chunk after chunk (and step
+    # after step), must give the reference output and final state.
+    L, chunk = 15, 5
+    graph, sizes = sized(mode, chunk)
+    ops = random_operands(graph, {**sizes, graph.time: L}, seed=4)
+    args = canonical_args(graph, ops)
+    h0 = torch.randn(*[sizes[i] for i in graph.state_indices], 2, dtype=torch.float64)
+    p = contractssm.plan(graph, {**sizes, graph.time: L}, dtype="float64")
+    y_ref, h_ref = reference_with_state(graph, p, ops, h0)
+    ex = executors(forced(mode, sizes, variant))
+    step_ex = executors(contractssm.plan(graph, {**sizes, graph.time: 1}, dtype="float64"))
+    t_axis = graph.signal.indices.index(graph.time)
+    y_axis = graph.output_indices.index(graph.time)
+    run, step = ex.stream.prepare(*args[1:]), step_ex.step.prepare(*args[1:])
+    state, ys = h0, []
+    for t in range(0, L, chunk):
+        y, state = run(args[0].narrow(t_axis, t, chunk), state)
+        ys.append(y)
+    err_y = rel_err(torch.cat(ys, dim=y_axis), y_ref)
+    err_h = rel_err(torch.view_as_complex(state), h_ref)
+    state, ys = h0, []
+    for t in range(L):
+        y, state = step(args[0].select(t_axis, t), state)
+        ys.append(y)
+    err_step = rel_err(torch.stack(ys, dim=y_axis), y_ref)
+    err_step_h = rel_err(torch.view_as_complex(state), h_ref)
+    print(f"{mode} {variant}: prepared stream {err_y:.2e} / {err_h:.2e}, step {err_step:.2e}")
+    assert max(err_y, err_h, err_step, err_step_h) <= TOL64
+
+
+def test_prepare_is_refused_by_kernel_mode():
+    graph, sizes = sized("dws", 8)
+    ex = executors(contractssm.plan(graph, sizes, dtype="float64"))
+    with pytest.raises(TypeError, match="no state"):
+        ex.kernel.prepare()
+
+
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_step_mode_matches_reference(mode):
     L = 9

@@ -566,3 +566,15 @@ def test_autotune_times_candidates_and_persists(tmp_path):
 def test_generator_recurrences_are_refused_clearly():
     with pytest.raises(PlanError, match="kernel generator 's4'"):
         contractssm.plan("s4", {"b": 1, "k": 1, "h": 4, "n": 4, "l": 16}, cache=memory_cache())
+
+
+def test_identical_steps_are_made_once():
+    # Common subexpressions: the stream's final state reuses the signal projection the
+    # convolution made, instead of projecting the signal twice.
+    b = ProgramBuilder({"a": 2, "b": 3, "T": 4}, {"x": TensorInfo("abT", False)}, ROUND, 4)
+    first = b.add("einsum", ("x",), "aT", False, "signal", equation="abT->aT")
+    again = b.add("einsum", ("x",), "aT", False, "state", equation="abT->aT")
+    assert first == again and len(b.steps) == 1
+    p = contractssm.plan("neck", {"b": 2, "c": 8, "d": 8, "n": 2, "m": 4, "l": 64})
+    source = contractssm.executors(p).stream.source
+    assert source.count("W1.reshape(") == 1, source

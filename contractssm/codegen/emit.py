@@ -41,7 +41,7 @@ def emit_function(
         lines += [f"    # {line}" if line else "    #" for line in header.splitlines()]
     lines += [
         f"    dev = {params[0]}.device",
-        f"    rdt = {params[0]}.dtype",
+        f"    rdt = {params[0]}.real.dtype",
         "    cdt = rt.complex_of(rdt)",
     ]
     # Free each intermediate after its last use: a local lives until the function returns,

@@ -56,10 +56,34 @@ class Executor:
     params: tuple[str, ...]
     source: str
     fn: object
+    #: For ``stream`` and ``step``: the program split in two (see :meth:`prepare`).
+    split: tuple[object, object] | None = None
+    #: The source of the split functions.
+    split_source: str = ""
 
     def __call__(self, *args):
         """Run the generated function."""
         return self.fn(*args)
+
+    def prepare(self, *parameters: torch.Tensor):
+        """Hoist the parameter-only work: ``prepare(A, *weights)(x, h) -> (y, h)``.
+
+        Streaming calls one executor per chunk with the same rate and weights; the steps
+        that read only those (powers of the rate, the kernel and its spectrum, decays) are
+        loop-invariant. ``prepare`` runs them once and returns a function of the signal and
+        the state that runs the rest, equal to calling the executor itself. For inference:
+        the prepared tensors are computed with the parameters' values at this call (with
+        gradients, call the executor instead).
+        """
+        if self.split is None:
+            raise TypeError(f"the {self.name} executor has no state to stream; call it")
+        constants, apply = self.split
+        saved = constants(*parameters)
+
+        def run(x: torch.Tensor, h: torch.Tensor):
+            return apply(x, saved, *parameters, h)
+
+        return run
 
 
 @dataclass(frozen=True)
@@ -125,6 +149,20 @@ def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) 
         else:
             lines.append(f"        {p} = {p}.to(torch.{plan.dtype})")
     call = f"_{name}_body({', '.join(params)})"
+    split = None
+    split_source = ""
+    if state:
+        split_source = _split_source(name, params, builder, outputs, plan, complex_inputs)
+        split_ns = {"torch": torch, "rt": runtime}
+        split_file = f"<contractssm-{name}-split-{abs(hash(plan))}>"
+        linecache.cache[split_file] = (
+            len(split_source),
+            None,
+            split_source.splitlines(True),
+            split_file,
+        )
+        exec(compile(split_source, split_file, "exec"), split_ns)
+        split = (split_ns[f"{name}_constants"], split_ns[f"{name}_apply"])
     if state:
         lines.append(f"        y, h = {call}")
         lines.append("        return y, torch.view_as_real(h)")
@@ -136,7 +174,81 @@ def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) 
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace = {"torch": torch, "rt": runtime}
     exec(compile(source, filename, "exec"), namespace)
-    return Executor(name, params, source, namespace[name])
+    return Executor(name, params, source, namespace[name], split, split_source)
+
+
+def _converted(p: str, dtype: str, complex_inputs: set[str]) -> str:
+    """The line converting argument ``p`` to the plan's dtype inside a wrapper."""
+    if p == "h0":
+        return f"        {p} = torch.view_as_complex({p}.to(torch.{dtype}).contiguous())"
+    if p in complex_inputs:
+        return f"        {p} = rt.as_complex({p}, torch.{dtype})"
+    return f"        {p} = {p}.to(torch.{dtype})"
+
+
+def _split_source(name, params, builder, outputs, plan: Plan, complex_inputs) -> str:
+    """``{name}_constants(A, *weights)`` and ``{name}_apply(x, consts, A, *weights, h0)``.
+
+    A step is constant when every input is a parameter (not ``x``, not ``h0``) or a constant
+    step's output. The unfused steps are used: the kernel's spectrum is then a constant too.
+    """
+    weights = tuple(p for p in params if p not in ("x", "h0"))
+    steps = tuple(builder.steps)
+    constant = set(weights)
+    for st in steps:
+        if all(i in constant for i in st.inputs):
+            constant.add(st.output)
+    const_steps = tuple(st for st in steps if st.output in constant)
+    var_steps = tuple(st for st in steps if st.output not in constant)
+    needed = []
+    for st in var_steps:
+        for i in st.inputs:
+            if i in constant and i not in weights and i not in needed:
+                needed.append(i)
+    for o in outputs:  # an output that is constant (rare) is returned through the constants
+        if o in constant and o not in weights and o not in needed:
+            needed.append(o)
+    kw = {"sizes": builder.sizes}
+    cplx = {t: info.is_complex for t, info in builder.tensors.items()}
+    axes = {t: info.axes for t, info in builder.tensors.items()}
+    if const_steps:
+        const_src = emit_function(
+            f"_{name}_constants_body",
+            weights,
+            const_steps,
+            tuple(needed),
+            {p: axes[p] for p in weights},
+            is_complex={p: cplx[p] for p in weights},
+            **kw,
+        )
+    else:
+        const_src = f"def _{name}_constants_body({', '.join(weights)}):\n    return ()\n"
+    if not needed:
+        const_src = const_src.replace("    return \n", "    return ()\n")
+    apply_params = ("x", "h0", *weights, *needed)
+    apply_src = emit_function(
+        f"_{name}_apply_body",
+        apply_params,
+        var_steps,
+        outputs,
+        {p: axes[p] for p in apply_params},
+        is_complex={p: cplx[p] for p in apply_params},
+        **kw,
+    )
+    dtype = plan.dtype
+    lines = [f"def {name}_constants({', '.join(weights)}):"]
+    lines.append("    with torch.autocast(" + weights[0] + ".device.type, enabled=False):")
+    lines += [_converted(p, dtype, complex_inputs) for p in weights]
+    lines.append(f"        return _{name}_constants_body({', '.join(weights)})")
+    lines.append("")
+    lines.append("")
+    lines.append(f"def {name}_apply(x, constants, {', '.join(weights)}, h0):")
+    lines.append("    with torch.autocast(x.device.type, enabled=False):")
+    lines += [_converted(p, dtype, complex_inputs) for p in ("x", *weights, "h0")]
+    args = ", ".join(("x", "h0", *weights, "*constants"))
+    lines.append(f"        y, h = _{name}_apply_body({args})")
+    lines.append("        return y, torch.view_as_real(h)")
+    return const_src + "\n\n" + apply_src + "\n\n" + "\n".join(lines) + "\n"
 
 
 def dtype_of(name: str) -> torch.dtype:

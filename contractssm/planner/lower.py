@@ -213,8 +213,16 @@ def lower_kernel(
     return b, (emit_kernel_mode(b, graph, layout_of(graph), strategy),)
 
 
-def emit_kernel_mode(b: ProgramBuilder, graph: Graph, lay: Layout, s: Strategy) -> str:
-    """Append the kernel-mode steps to ``b``; returns the name of the output tensor."""
+def emit_kernel_mode(
+    b: ProgramBuilder, graph: Graph, lay: Layout, s: Strategy, initial_state=None
+) -> str:
+    """Append the kernel-mode steps to ``b``; returns the name of the output tensor.
+
+    ``initial_state(b, kernel_weights, axes, real)``, when given, returns a tensor (with the
+    convolution output's ``axes``, real when ``real``) added to the convolution output before
+    the output-side weights: the streaming executor's initial-state term, which then shares
+    the output projection instead of running its own.
+    """
     w_axes = lay.weights
     is_cx = {w.name: w.is_complex for w in graph.weights}
     pre, ker, post = list(s.signal_weights), list(s.kernel_weights), list(s.output_weights)
@@ -248,6 +256,10 @@ def emit_kernel_mode(b: ProgramBuilder, graph: Graph, lay: Layout, s: Strategy) 
         z = b.contract([(tk, i_k + "TJ"), (u, i_u + "J")], i_z + "T", "conv")
     else:
         z = _chunked_conv(b, lay, s, u, i_u, i_k, i_z, ker, realk)
+    if initial_state is not None:
+        zh = initial_state(b, ker, i_z + "T", realk)
+        is_cx = b.tensors[z].is_complex or b.tensors[zh].is_complex
+        z = b.add("add", (z, zh), i_z + "T", is_cx, "state")
     y = b.contract_real([(z, i_z + "T"), *[(n, w_axes[n]) for n in post]], lay.output, "output")
     if graph.skip is not None:
         sk = b.contract(

@@ -77,6 +77,7 @@ class ProgramBuilder:
         self.backward = False
         self._total = 0.0
         self._elements: dict[str, int] = {}
+        self._made: dict[tuple, str] = {}
         # Time-like axis sizes vary with the strategy (chunk, FFT length): part of price keys.
         self._time_sizes = tuple(sizes.get(a) for a in TIME_AXES)
 
@@ -104,9 +105,18 @@ class ProgramBuilder:
         equation: str = "",
         **attrs: int,
     ) -> str:
-        """Append a step producing a new tensor; returns its name."""
-        name = name or self.fresh(op[0])
+        """Append a step producing a new tensor; returns its name.
+
+        A step identical to one already in the program (same op, inputs, axes, equation and
+        attributes) is not added again: its tensor is reused (common subexpressions, e.g. the
+        signal projection that both the output and the final state of a stream need).
+        """
         sorted_attrs = tuple(sorted(attrs.items()))
+        same = (op, inputs, axes, is_complex, equation, sorted_attrs)
+        if name is None and same in self._made:
+            return self._made[same]
+        name = name or self.fresh(op[0])
+        self._made.setdefault(same, name)
         ins = tuple(self.tensors[i] for i in inputs)
         key = (op, axes, is_complex, equation, sorted_attrs, ins, self._time_sizes)
         step = Step(

@@ -76,18 +76,36 @@ def lower_stream(
     """Kernel mode from initial state ``h0``; outputs ``y`` and the final state ``h``."""
     b = new_builder(graph, sizes, strategy, profile, itemsize, _state_extra_inputs(graph))
     lay = layout_of(graph)
-    y0 = emit_kernel_mode(b, graph, lay, strategy)
     out_side = [w.name for w in graph.weights if w.name not in state_inputs]
-    # The initial state's contribution: Re sum(out-side weights * a^(t+1) * h0).
-    grow = b.add(
-        "powers", ("A",), lay.states + "T", True, "state", count=b.sizes["T"], scale=1, offset=1
-    )
-    yh = b.contract_real(
-        [(grow, lay.states + "T"), ("h0", lay.state), *[(n, lay.weights[n]) for n in out_side]],
-        lay.output,
-        "state",
-    )
-    b.add("add", (y0, yh), lay.output, False, "state", name="y")
+
+    def grow():
+        return b.add(
+            "powers", ("A",), lay.states + "T", True, "state", count=b.sizes["T"], scale=1, offset=1
+        )
+
+    # The initial state's contribution: Re sum(out-side weights * a^(t+1) * h0). When the
+    # state holds what the convolution reads (the state-input weights are the signal-side
+    # ones), it joins the convolution output before the output-side weights (one projection).
+    if set(state_inputs) == set(strategy.signal_weights):
+
+        def initial_state(b, ker, axes, real):
+            terms = [(grow(), lay.states + "T"), ("h0", lay.state)]
+            terms += [(n, lay.weights[n]) for n in ker]
+            return b.contract(terms, axes, "state", real=real)
+
+        y = emit_kernel_mode(b, graph, lay, strategy, initial_state)
+    else:
+        y0 = emit_kernel_mode(b, graph, lay, strategy)
+        yh = b.contract_real(
+            [
+                (grow(), lay.states + "T"),
+                ("h0", lay.state),
+                *[(n, lay.weights[n]) for n in out_side],
+            ],
+            lay.output,
+            "state",
+        )
+        y = b.add("add", (y0, yh), lay.output, False, "state")
     # The final state: a^L h0 + sum_j a^(L-1-j) u_j.
     u_axes = _u_axes(graph, lay, state_inputs)
     u = b.contract(
@@ -108,8 +126,8 @@ def lower_stream(
         "powers", ("A",), lay.states + "O", True, "state", count=1, scale=1, offset=b.sizes["T"]
     )
     hd = b.contract([(decay, lay.states + "O"), ("h0", lay.state)], lay.state, "state")
-    b.add("add", (hd, hx), lay.state, True, "state", name="h")
-    return b, ("y", "h")
+    h = b.add("add", (hd, hx), lay.state, True, "state")
+    return b, (y, h)
 
 
 def lower_step(
