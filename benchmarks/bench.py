@@ -3,8 +3,9 @@
 Run: ``python -m benchmarks.bench [--quick] [--json FILE] [--plot FILE.png] [--modes ...]``
 (or ``contractssm bench ...`` from the repository root).
 
-For every case (a built-in mode at a grid cell) the contenders run in one process, interleaved
-(round-robin over contenders, several rounds, medians):
+Every case (a built-in mode at a grid cell) runs in a fresh process (the heap earlier cases
+grew would bias later allocations), and in it the contenders run interleaved (round-robin
+over contenders, the order rotated every round, several rounds, medians):
 
 * ``planner``: ``contractssm.plan(mode, sizes, requires_grad=True)``, default objective;
 * ``autotuned``: the same with ``autotune=True`` (not in ``--quick``);
@@ -18,7 +19,8 @@ Forward time is one training forward (inputs require grad); forward+backward add
 size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) around one forward+backward in a fresh
 subprocess per contender and case (not in ``--quick``). Step mode (batch 1 and 8) is compared
 with kernel mode on a length-1 input, and chunked streaming (chunk 256) with kernel mode on the
-same total length, both without autograd.
+same total length, both without autograd; streaming uses ``Executor.prepare`` (the
+parameter-only steps once per run, as kernel mode computes its kernel once per call).
 """
 
 from __future__ import annotations
@@ -168,8 +170,12 @@ def time_interleaved(
             f"    warm-up {name:24s} {took * 1e3:9.1f} ms"
             + (" (slow: one round)" * (took > slow_s))
         )
+    names = list(fns)
     for r in range(rounds):
-        for name, fn in fns.items():
+        # Rotate the order every round: a contender that frees large buffers (baseline B)
+        # makes the next one's allocations fault pages in; rotating spreads that cost.
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = fns[name]
             if r and name in slow:
                 continue
             start = time.perf_counter()
@@ -204,8 +210,10 @@ def _median_call(
         fn()
         if time.perf_counter() - start > slow_s:
             slow.add(name)
+    names = list(fns)
     for r in range(rounds):
-        for name, fn in fns.items():
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = fns[name]
             if r and name in slow:
                 continue
             start = time.perf_counter()
@@ -313,6 +321,46 @@ def peak_memory(mode: str, sizes: dict[str, int], name: str, plan: Plan | None) 
         print(f"    memory of {name} failed: {out.stderr.strip().splitlines()[-1:]}", flush=True)
         return None
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+# -- one case in a fresh process ------------------------------------------------------------------
+
+#: Prefix of the line a case subprocess prints its JSON record on.
+RECORD_PREFIX = "@@record "
+
+
+def _case_child() -> None:
+    """Subprocess entry: run one case (``run_case``), progress lines, then the record."""
+    spec = json.loads(sys.argv[1])
+    record = run_case(
+        spec["mode"], spec["sizes"], **spec["options"], log=lambda s: print(s, flush=True)
+    )
+    print(RECORD_PREFIX + json.dumps(record), flush=True)
+
+
+def run_case_isolated(mode: str, sizes: dict[str, int], **options) -> dict:
+    """:func:`run_case` in a fresh Python process, relaying its progress lines.
+
+    The heap a process has grown (what earlier, larger cases allocated and freed) changes
+    the cost of later allocations; one process per case keeps cases from biasing each other.
+    """
+    spec = json.dumps({"mode": mode, "sizes": sizes, "options": options})
+    code = "from benchmarks.bench import _case_child; _case_child()"
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, spec], stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env
+    )
+    record = None
+    for line in proc.stdout:
+        if line.startswith(RECORD_PREFIX):
+            record = json.loads(line[len(RECORD_PREFIX) :])
+        else:
+            print(line, end="", flush=True)
+    if proc.wait() != 0 or record is None:
+        raise RuntimeError(f"bench: the case {mode} {sizes} failed (exit {proc.returncode})")
+    return record
 
 
 # -- one case -------------------------------------------------------------------------------------
@@ -532,8 +580,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="write one record per case")
     parser.add_argument("--plot", metavar="FILE.png", help="bar chart (needs matplotlib)")
     parser.add_argument("--modes", nargs="+", default=list(CENTAURUS_MODES + MODEL_MODES))
-    parser.add_argument("--rounds", type=int, default=None, help="timing rounds (3 / 7)")
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds (5 / 7)")
     parser.add_argument("--no-memory", action="store_true", help="skip subprocess peak memory")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every case in this process (default: one process per case)",
+    )
     args = parser.parse_args(argv)
     if args.plot:
         try:
@@ -543,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "bench: --plot needs matplotlib: pip install 'contractssm[plot]'", file=sys.stderr
             )
             return 2
-    rounds = args.rounds or (3 if args.quick else 7)
+    rounds = args.rounds or (5 if args.quick else 7)
     memory = not (args.quick or args.no_memory)
     cases = grid_cases(args.modes, quick=args.quick)
     info = machine()
@@ -557,17 +610,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     for k, (mode, sizes) in enumerate(cases, 1):
         print(f"[{k}/{len(cases)}] {mode} {_sizes_text(sizes)}", flush=True)
-        rec = run_case(
-            mode,
-            sizes,
-            rounds=rounds,
-            autotune=not args.quick,
-            memory=memory,
-            max_candidates=5 if args.quick else 8,
-            max_ratio=10.0 if args.quick else math.inf,
-            slow_s=2.0 if args.quick else SLOW_S,
-            log=lambda s: print(s, flush=True),
-        )
+        options = {
+            "rounds": rounds,
+            "autotune": not args.quick,
+            "memory": memory,
+            "max_candidates": 5 if args.quick else 8,
+            "max_ratio": 10.0 if args.quick else math.inf,
+            "slow_s": 2.0 if args.quick else SLOW_S,
+        }
+        if args.in_process:
+            rec = run_case(mode, sizes, **options, log=lambda s: print(s, flush=True))
+        else:
+            rec = run_case_isolated(mode, sizes, **options)
         records.append(rec)
         print(
             f"    planner {rec['planner']['fwdbwd_ms']:.2f} ms fwd+bwd, "
