@@ -46,6 +46,7 @@ from benchmarks.baselines import baseline_a, baseline_b, predicted_bytes
 from benchmarks.planning import GRID, MODEL_GRID, centaurus_sizes, model_sizes
 from contractssm.codegen.bind import canonical_args, state_shape
 from contractssm.modes import get_graph
+from contractssm.planner.autotune import memory_budget
 from contractssm.planner.cache import PlanCache
 from contractssm.planner.plan import Plan
 
@@ -323,6 +324,21 @@ def peak_memory(mode: str, sizes: dict[str, int], name: str, plan: Plan | None) 
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
+def strategy_regret(timed: dict[str, tuple[str, float]]) -> float:
+    """The planner's strategy's time over the best strategy's (both fwd+bwd medians).
+
+    ``timed`` maps contender names (``planner``, ``autotuned``, candidates) to (strategy,
+    milliseconds). A strategy timed by two contenders (the plan and an autotuned plan that
+    kept it) counts by the mean of its medians: the same code measured twice differs only
+    by noise, which must not show up as regret.
+    """
+    by_strategy: dict[str, list[float]] = {}
+    for strategy, ms in timed.values():
+        by_strategy.setdefault(strategy, []).append(ms)
+    mean = {k: statistics.fmean(v) for k, v in by_strategy.items()}
+    return mean[timed["planner"][0]] / min(mean.values())
+
+
 # -- one case in a fresh process ------------------------------------------------------------------
 
 #: Prefix of the line a case subprocess prints its JSON record on.
@@ -409,7 +425,9 @@ def run_case(
     for k, cand in enumerate(planner.candidates[:max_candidates]):
         if cand.strategy == planner.strategy:
             continue
-        if cand.peak_bytes > MAX_BYTES or cand.seconds > MAX_SECONDS:
+        if cand.peak_bytes > min(MAX_BYTES, memory_budget("cpu", None) or MAX_BYTES) or (
+            cand.seconds > MAX_SECONDS
+        ):
             log(f"    candidate {k} skipped (predicted too large)")
             continue
         if cand.seconds > max_ratio * planner.predicted_seconds:
@@ -442,7 +460,9 @@ def run_case(
     record["best_candidate"] = dict(
         times[best], peak_mib=None, name=best, strategy=plans[best].strategy.describe()
     )
-    record["regret"] = times["planner"]["fwdbwd_ms"] / times[best]["fwdbwd_ms"]
+    record["regret"] = strategy_regret(
+        {n: (plans[n].strategy.describe(), times[n]["fwdbwd_ms"]) for n in pool}
+    )
     record["candidates"] = [
         {
             "strategy": plans[name].strategy.describe(),
@@ -530,6 +550,30 @@ def summary(records: list[dict]) -> str:
             f"over {len(speed)} cells where baseline A ran"
         )
     lines.append(f"regret: median {statistics.median(regret):.3f}, worst {max(regret):.3f}")
+    mem = [
+        (r["planner"]["peak_mib"], r["baseline_a"]["peak_mib"])
+        for r in records
+        if r["planner"]["peak_mib"] is not None and r["baseline_a"]["peak_mib"] is not None
+    ]
+    if mem:
+        below = sum(p <= a for p, a in mem)
+        lines.append(
+            f"peak memory fwd+bwd: planner at or below baseline A on {below} of {len(mem)} cells"
+            f" (worst ratio {max(p / max(a, 1e-9) for p, a in mem):.2f})"
+        )
+    extra = [r for r in records if "step" in r]
+    if extra:
+        faster = sum(
+            r["step"]["batch_1"]["step_ms"] < r["step"]["batch_1"]["kernel_l1_ms"] for r in extra
+        )
+        ratios = [
+            r["stream"]["stream_tokens_per_s"] / r["stream"]["kernel_tokens_per_s"] for r in extra
+        ]
+        lines.append(
+            f"step (batch 1) below a length-1 kernel call on {faster} of {len(extra)} cells; "
+            f"stream/kernel throughput at chunk 256: median {statistics.median(ratios):.2f}, "
+            f"min {min(ratios):.2f}, at or above 0.5 on {sum(x >= 0.5 for x in ratios)} cells"
+        )
     return "\n".join(lines)
 
 
@@ -564,6 +608,15 @@ def machine() -> dict:
         "processor": platform.processor() or platform.machine(),
         "dtype": "float32",
     }
+
+
+def _write_json(path: str, info: dict, rounds: int, records: list, failures: list) -> None:
+    with open(path, "w") as fh:
+        json.dump(
+            {"machine": info, "rounds": rounds, "cases": records, "failures": failures},
+            fh,
+            indent=1,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -606,7 +659,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ("" if memory else "; peak memory not measured"),
         flush=True,
     )
-    records = []
+    records: list[dict] = []
+    failures: list[dict] = []
     start = time.perf_counter()
     for k, (mode, sizes) in enumerate(cases, 1):
         print(f"[{k}/{len(cases)}] {mode} {_sizes_text(sizes)}", flush=True)
@@ -618,11 +672,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_ratio": 10.0 if args.quick else math.inf,
             "slow_s": 2.0 if args.quick else SLOW_S,
         }
-        if args.in_process:
-            rec = run_case(mode, sizes, **options, log=lambda s: print(s, flush=True))
-        else:
-            rec = run_case_isolated(mode, sizes, **options)
+        try:
+            if args.in_process:
+                rec = run_case(mode, sizes, **options, log=lambda s: print(s, flush=True))
+            else:
+                rec = run_case_isolated(mode, sizes, **options)
+        except RuntimeError as err:  # e.g. the case's process was killed: report, go on
+            print(f"    failed: {err}", flush=True)
+            failures.append({"mode": mode, "sizes": sizes, "error": str(err)})
+            continue
         records.append(rec)
+        if args.json:  # after every case: a stopped run keeps what it measured
+            _write_json(args.json, info, rounds, records, failures)
         print(
             f"    planner {rec['planner']['fwdbwd_ms']:.2f} ms fwd+bwd, "
             f"baseline A {_ms(rec['baseline_a']['fwdbwd_ms'])}, "
@@ -635,9 +696,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary(records))
     print(MEMORY_NOTE if memory else "peak memory: not measured (--quick / --no-memory)")
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)
+    for f in failures:
+        print(f"FAILED: {f['mode']} {_sizes_text(f['sizes'])}: {f['error']}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"machine": info, "rounds": rounds, "cases": records}, fh, indent=1)
+        _write_json(args.json, info, rounds, records, failures)
     if args.plot:
         plot(records, args.plot)
         print(f"plot written to {args.plot}")

@@ -115,3 +115,16 @@ def test_skip_too_large():
         bench._skip_reason("dws", bench.centaurus_sizes("dws", 8, 64, 1024, 16), "baseline_a")
         is None
     )
+
+
+def test_regret_pools_a_strategy_timed_twice():
+    # The plan and an autotuned plan that kept the same strategy are the same code: their
+    # two medians are averaged, not played against each other.
+    timed = {
+        "planner": ("fft A", 9.0),
+        "autotuned": ("fft A", 6.0),
+        "candidate_1": ("chunked B", 8.0),
+    }
+    assert bench.strategy_regret(timed) == pytest.approx(7.5 / 7.5)
+    timed["candidate_2"] = ("chunked C", 5.0)
+    assert bench.strategy_regret(timed) == pytest.approx(7.5 / 5.0)

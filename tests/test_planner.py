@@ -578,3 +578,23 @@ def test_identical_steps_are_made_once():
     p = contractssm.plan("neck", {"b": 2, "c": 8, "d": 8, "n": 2, "m": 4, "l": 64})
     source = contractssm.executors(p).stream.source
     assert source.count("W1.reshape(") == 1, source
+
+
+def test_autotune_never_times_candidates_that_cannot_fit_or_win():
+    # full at b=8, c=d=64, L=4096: the runner-up is predicted at 14 GiB and 5.5x slower, the
+    # chunked ones at 36 GiB and more: timing them would exhaust the machine's memory.
+    from contractssm.planner.autotune import TIME_RATIO, memory_budget, timed_candidates
+
+    sizes = {"b": 8, "c": 64, "d": 64, "n": 16, "l": 4096}
+    p = contractssm.plan("full", sizes, requires_grad=True, cache=memory_cache())
+    chosen = timed_candidates(p, 4, budget=2 * 2**30)
+    print([(c.strategy.describe(), c.seconds, c.peak_bytes) for c in p.candidates[:4]])
+    assert chosen == [p.candidates[0]]
+    # Without a memory budget the time rule alone applies; the plan's pick always runs.
+    unbounded = timed_candidates(p, 8, budget=None)
+    assert unbounded[0] == p.candidates[0]
+    assert all(c.seconds <= TIME_RATIO * p.candidates[0].seconds for c in unbounded)
+    assert timed_candidates(p, 8, budget=1) == [p.candidates[0]]
+    assert memory_budget("cpu", 123) == 123
+    free = memory_budget("cpu", None)
+    assert free is None or free > 0

@@ -5,6 +5,11 @@ runs each on random tensors of the plan's sizes (forward, plus backward when the
 training), interleaved over several rounds, and keeps the one with the lowest median time.
 The plan records predicted and measured seconds for every timed candidate.
 
+Only candidates that are safe and plausible are timed: predicted at most
+:data:`TIME_RATIO` times slower than the best (the cost model is not that far off), and
+predicted to fit in the memory budget (the plan's memory limit, else half the memory the
+device has free). The plan's own pick always runs: it was chosen to fit.
+
 This is the one place the planner builds executors (it imports the code generator lazily).
 """
 
@@ -19,6 +24,43 @@ from contractssm.planner.profile import MachineProfile
 
 #: Rounds of interleaved timing (each round runs every candidate once).
 ROUNDS = 5
+
+#: Candidates predicted more than this many times slower than the best are not timed.
+TIME_RATIO = 4.0
+
+
+def memory_budget(device: object, limit: int | None) -> int | None:
+    """Bytes a timed candidate may use: ``limit``, else half the device's free memory.
+
+    ``None`` when neither is known (then only the time rule applies).
+    """
+    import torch
+
+    if limit is not None:
+        return limit
+    dev = torch.device(str(device))
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return free // 2
+    try:
+        with open("/proc/meminfo") as fh:
+            fields = dict(line.split(":", 1) for line in fh)
+        return int(fields["MemAvailable"].split()[0]) * 1024 // 2
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def timed_candidates(plan: Plan, n: int, budget: int | None) -> list:
+    """The candidates autotuning runs: the best ``n`` that are plausible and fit."""
+    best = plan.candidates[0].seconds
+    out = []
+    for k, cand in enumerate(plan.candidates):
+        if len(out) == max(1, n):
+            break
+        fits = budget is None or cand.peak_bytes <= budget
+        if k == 0 or (fits and cand.seconds <= TIME_RATIO * best):
+            out.append(cand)
+    return out
 
 
 def autotune_plan(plan: Plan, n: int, device: object, profile: MachineProfile) -> Plan:
@@ -51,7 +93,7 @@ def autotune_plan(plan: Plan, n: int, device: object, profile: MachineProfile) -
             t = torch.randn(shape, generator=gen, dtype=dtype)
         args.append(t.to(dev).requires_grad_(plan.requires_grad))
 
-    contenders = plan.candidates[: max(1, n)]
+    contenders = timed_candidates(plan, n, memory_budget(device, plan.memory_limit))
     runs = []
     for cand in contenders:
         fn = executors(replace(plan, strategy=cand.strategy)).kernel
