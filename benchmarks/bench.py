@@ -145,6 +145,17 @@ def _clear_grads(ops: dict[str, torch.Tensor]) -> None:
         t.grad = None
 
 
+def _rounds(names: list[str], rounds: int):
+    """``(round, name)`` in interleaved order, the order rotated every round.
+
+    A contender that frees large buffers (baseline B) makes the next one's allocations fault
+    pages in; rotating spreads that cost over every contender.
+    """
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            yield r, name
+
+
 def time_interleaved(
     fns: dict[str, Callable[[], torch.Tensor]],
     ops: dict[str, torch.Tensor],
@@ -172,22 +183,17 @@ def time_interleaved(
             f"    warm-up {name:24s} {took * 1e3:9.1f} ms"
             + (" (slow: one round)" * (took > slow_s))
         )
-    names = list(fns)
-    for r in range(rounds):
-        # Rotate the order every round: a contender that frees large buffers (baseline B)
-        # makes the next one's allocations fault pages in; rotating spreads that cost.
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            fn = fns[name]
-            if r and name in slow:
-                continue
-            start = time.perf_counter()
-            y = fn()
-            fwd[name].append(time.perf_counter() - start)
-            del y
-            start = time.perf_counter()
-            fn().sum().backward()
-            both[name].append(time.perf_counter() - start)
-            _clear_grads(ops)
+    for r, name in _rounds(list(fns), rounds):
+        if r and name in slow:
+            continue
+        start = time.perf_counter()
+        y = fns[name]()
+        fwd[name].append(time.perf_counter() - start)
+        del y
+        start = time.perf_counter()
+        fns[name]().sum().backward()
+        both[name].append(time.perf_counter() - start)
+        _clear_grads(ops)
     return {
         k: {
             "forward_ms": statistics.median(fwd[k]) * 1e3,
@@ -212,16 +218,13 @@ def _median_call(
         fn()
         if time.perf_counter() - start > slow_s:
             slow.add(name)
-    names = list(fns)
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            fn = fns[name]
-            if r and name in slow:
-                continue
-            start = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            samples[name].append((time.perf_counter() - start) / reps)
+    for r, name in _rounds(list(fns), rounds):
+        if r and name in slow:
+            continue
+        start = time.perf_counter()
+        for _ in range(reps):
+            fns[name]()
+        samples[name].append((time.perf_counter() - start) / reps)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 

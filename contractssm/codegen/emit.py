@@ -62,7 +62,10 @@ def emit_function(
         )
         if dead:
             lines.append(f"    del {', '.join(dead)}")
-    lines.append(f"    return {', '.join(returns)}{',' if len(returns) == 1 else ''}")
+    if not returns:
+        lines.append("    return ()")
+    else:
+        lines.append(f"    return {', '.join(returns)}{',' if len(returns) == 1 else ''}")
     return "\n".join(lines) + "\n"
 
 

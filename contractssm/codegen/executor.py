@@ -211,20 +211,15 @@ def _split_source(name, params, builder, outputs, plan: Plan, complex_inputs) ->
     kw = {"sizes": builder.sizes}
     cplx = {t: info.is_complex for t, info in builder.tensors.items()}
     axes = {t: info.axes for t, info in builder.tensors.items()}
-    if const_steps:
-        const_src = emit_function(
-            f"_{name}_constants_body",
-            weights,
-            const_steps,
-            tuple(needed),
-            {p: axes[p] for p in weights},
-            is_complex={p: cplx[p] for p in weights},
-            **kw,
-        )
-    else:
-        const_src = f"def _{name}_constants_body({', '.join(weights)}):\n    return ()\n"
-    if not needed:
-        const_src = const_src.replace("    return \n", "    return ()\n")
+    const_src = emit_function(
+        f"_{name}_constants_body",
+        weights,
+        const_steps,
+        tuple(needed),
+        {p: axes[p] for p in weights},
+        is_complex={p: cplx[p] for p in weights},
+        **kw,
+    )
     apply_params = ("x", "h0", *weights, *needed)
     apply_src = emit_function(
         f"_{name}_apply_body",
