@@ -8,6 +8,7 @@ float64 within 1e-9 and float32 within 2e-4 of max|y_ref|. Every test prints its
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -254,3 +255,30 @@ def test_executor_source_is_straight_line():
             body = fn.source
             assert ".item()" not in body and "if " not in body and "for " not in body
             assert body.count("def ") == 2
+
+
+@pytest.mark.parametrize(
+    "variant", [v for v in VARIANTS if v[0] != "chunked"], ids=lambda v: f"{v[0]}-{v[1]}-{v[2]}"
+)
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_prepared_stream_contracts_by_matmul(mode, variant):
+    # Hoisted constants are stored in the order their readers want, so every contraction
+    # reading one runs per chunk as a matmul on views (a per-chunk einsum permute-copies its
+    # constant: ~7x slower on `full`). (Not the chunked algorithm: its Toeplitz meets a
+    # chunked signal whose batch axis lies outside the chunk blocks, which no order of the
+    # Toeplitz can read copy-free; einsum copies the smaller signal instead.)
+    _, sizes = sized(mode, 16)
+    sizes = {k: max(v, 2) for k, v in sizes.items()}  # no size-1 axes: every layout is real
+    source = executors(forced(mode, sizes, variant)).stream.split_source
+    apply_body = source[source.index("def _stream_apply_body") :]
+    signature = apply_body[apply_body.index("(") + 1 : apply_body.index(")")].split(", ")
+    constants = {p for p in signature if p[0].islower() and p not in ("x", "h0")}
+    calls = re.findall(r'rt\.einsum(?:_real)?\("([^"]+)", (\w+), (\w+)\)', apply_body)
+    slow = [
+        eq
+        for eq, left, right in calls
+        if {left, right} & constants
+        and set(eq.split("->")[0]) - set(",") - set(eq.split("->")[1]) - {"O"}  # O: length 1
+    ]
+    print(mode, variant, sorted(constants), calls)
+    assert not slow, slow

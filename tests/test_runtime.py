@@ -66,3 +66,24 @@ def test_cexp_equals_complex_exp_with_gradients():
     assert err < 1e-13
     w = z[:6].clone().requires_grad_(True)
     torch.autograd.gradcheck(rt.cexp, (w,))
+
+
+def test_einsum_summing_a_length_one_axis_is_a_broadcast_product():
+    # A one-step decay (e, f, O) with O of length 1 against a state (a, e, f).
+    decay = torch.randn(4, 3, 1, dtype=torch.complex128, requires_grad=True)
+    state = torch.randn(2, 4, 3, dtype=torch.complex128, requires_grad=True)
+    got = rt.einsum("efO,aef->aef", decay, state)
+    want = torch.einsum("efO,aef->aef", decay, state)
+    err = (got - want).abs().max().item()
+    print(f"length-one sum: max error {err:.1e}")
+    assert err < 1e-12
+    (g_got,) = torch.autograd.grad(got.abs().sum(), decay)
+    (g_want,) = torch.autograd.grad(want.abs().sum(), decay)
+    assert torch.allclose(g_got, g_want)
+    # A summed axis longer than 1 is still a contraction.
+    long_decay = torch.randn(4, 3, 2, dtype=torch.complex128)
+    pair = torch.randn(2, 4, 3, 2, dtype=torch.complex128)
+    assert torch.allclose(
+        rt.einsum("efO,aefO->aef", long_decay, pair),
+        torch.einsum("efO,aefO->aef", long_decay, pair),
+    )

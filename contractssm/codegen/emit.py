@@ -7,7 +7,7 @@ parsing at call time. Helpers it calls live in :mod:`contractssm.codegen.runtime
 
 from __future__ import annotations
 
-from contractssm.planner.matmul import matmul_expression, realified_expression
+from contractssm.planner.matmul import contraction_matmul
 from contractssm.planner.steps import Step
 
 
@@ -88,12 +88,9 @@ def _emit(step: Step, axes: dict[str, str], sizes, cplx: dict[str, bool]) -> lis
     op = step.op
     if op in ("einsum", "einsum_real") and len(ins) == 2 and sizes:
         kinds = (bool(cplx.get(ins[0])), bool(cplx.get(ins[1])))
-        if op == "einsum" and kinds[0] == kinds[1]:
-            expr = matmul_expression(step.equation, ins[0], ins[1], sizes)
-        else:
-            expr = realified_expression(op, step.equation, (ins[0], ins[1]), kinds, sizes)
-        if expr is not None:
-            return [f"{out} = {expr}"]
+        best = contraction_matmul(op, step.equation, (ins[0], ins[1]), kinds, sizes)
+        if best is not None:
+            return [f"{out} = {best[1]}"]
     if op == "einsum":
         args = ", ".join(ins)
         return [f'{out} = rt.einsum("{step.equation}", {args})']

@@ -32,6 +32,7 @@ import torch
 from contractssm.codegen import runtime
 from contractssm.codegen.emit import emit_function
 from contractssm.codegen.fuse import fuse_fft_conv
+from contractssm.codegen.layout import choose_layouts, is_broadcast_product, relabelled
 from contractssm.planner.lower import lower_kernel
 from contractssm.planner.plan import Plan
 from contractssm.planner.profile import default_profile
@@ -123,8 +124,14 @@ def _executors(plan: Plan) -> Executors:
 
 
 def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) -> Executor:
-    axes = {p: builder.tensors[p].axes for p in params}
     steps = fuse_fft_conv(tuple(builder.steps), outputs)
+    every_axes = {p: builder.tensors[p].axes for p in params} | {s.output: s.axes for s in steps}
+    cplx = {p: builder.tensors[p].is_complex for p in params}
+    cplx |= {s.output: s.is_complex for s in steps}
+    free = {s.output for s in steps if is_broadcast_product(s)}
+    layouts = choose_layouts(steps, free, outputs, every_axes, cplx, builder.sizes)
+    steps = tuple(relabelled(s, layouts) for s in steps)
+    axes = {p: builder.tensors[p].axes for p in params}
     body = emit_function(
         f"_{name}_body",
         params,
@@ -211,6 +218,10 @@ def _split_source(name, params, builder, outputs, plan: Plan, complex_inputs) ->
     kw = {"sizes": builder.sizes}
     cplx = {t: info.is_complex for t, info in builder.tensors.items()}
     axes = {t: info.axes for t, info in builder.tensors.items()}
+    free = set(needed) | {st.output for st in var_steps if is_broadcast_product(st)}
+    layouts = choose_layouts(var_steps, free, outputs, axes, cplx, builder.sizes)
+    var_steps = tuple(relabelled(st, layouts) for st in var_steps)
+    apply_axes = {**axes, **layouts}
     const_src = emit_function(
         f"_{name}_constants_body",
         weights,
@@ -226,7 +237,7 @@ def _split_source(name, params, builder, outputs, plan: Plan, complex_inputs) ->
         apply_params,
         var_steps,
         outputs,
-        {p: axes[p] for p in apply_params},
+        {p: apply_axes[p] for p in apply_params},
         is_complex={p: cplx[p] for p in apply_params},
         **kw,
     )
@@ -234,7 +245,19 @@ def _split_source(name, params, builder, outputs, plan: Plan, complex_inputs) ->
     lines = [f"def {name}_constants({', '.join(weights)}):"]
     lines.append("    with torch.autocast(" + weights[0] + ".device.type, enabled=False):")
     lines += [_converted(p, dtype, complex_inputs) for p in weights]
-    lines.append(f"        return _{name}_constants_body({', '.join(weights)})")
+    made = f"_{name}_constants_body({', '.join(weights)})"
+    if any(c in layouts for c in needed):
+        # Hoisted constants are stored in the memory order their readers' matmuls want.
+        lines.append(f"        c = {made}")
+        parts = []
+        for k, c in enumerate(needed):
+            if c in layouts:  # computed once per stream, copied once into the order read
+                perm = ", ".join(str(axes[c].index(a)) for a in layouts[c])
+                parts.append(f"c[{k}].permute({perm}).contiguous()")
+            else:
+                parts.append(f"c[{k}]")
+        made = f"({', '.join(parts)},)"
+    lines.append(f"        return {made}")
     lines.append("")
     lines.append("")
     lines.append(f"def {name}_apply(x, constants, {', '.join(weights)}, h0):")

@@ -40,6 +40,13 @@ def einsum(equation: str, *operands: Tensor) -> Tensor:
     """
     ins, out = equation.split("->")
     terms = ins.split(",")
+    if len(operands) == 2 and _summed_ones(terms, operands, out):
+        # Summing an axis of length 1 (a one-step decay) is dropping it.
+        operands = tuple(
+            o.reshape([n for n, a in zip(o.shape, t, strict=True) if a in out])
+            for o, t in zip(operands, terms, strict=True)
+        )
+        terms = ["".join(a for a in t if a in out) for t in terms]
     if len(operands) == 2 and set(terms[0]) | set(terms[1]) == set(out):
         return _aligned(operands[0], terms[0], out) * _aligned(operands[1], terms[1], out)
     if len(operands) == 2 and operands[0].is_complex() != operands[1].is_complex():
@@ -58,6 +65,14 @@ def einsum(equation: str, *operands: Tensor) -> Tensor:
 def stack_conj_parts(p: Tensor) -> Tensor:
     """``(Re p, -Im p)`` on a new last axis: ``Re(p q)`` is this against ``(Re q, Im q)``."""
     return torch.stack((p.real, -p.imag), dim=-1)
+
+
+def _summed_ones(terms: list[str], operands: tuple[Tensor, ...], out: str) -> bool:
+    """Whether some axis is summed and every summed axis has length 1."""
+    summed = [
+        (o, t.index(a)) for o, t in zip(operands, terms, strict=True) for a in t if a not in out
+    ]
+    return bool(summed) and all(o.shape[k] == 1 for o, k in summed)
 
 
 def einsum_real(equation: str, p: Tensor, q: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 
 #: A partially broadcast operand may be materialised expanded while it stays this many times
@@ -28,39 +29,85 @@ SMALL_EXPANSION = 4
 REAL_AXIS = "Z"
 
 
-def _blocks(axes: str, batch: list[str], first: list[str], second: list[str]) -> bool:
-    """Whether ``axes`` reads as ``batch`` (in that order), then ``first``, then ``second``."""
-    present = [a for a in batch if a in axes]
-    return axes == "".join(present) + "".join(first) + "".join(second)
+def _layout(axes: str, batch: list[str], first: list[str], second: list[str], sizes) -> list | None:
+    """How ``axes`` reads as (batch..., ``first``, ``second``) without a copy, or ``None``.
+
+    Returns the permutation of ``axes`` into that order (identity when it already lies so).
+    The two blocks must each be adjacent axes in memory (a reshape merges them as a view);
+    the batch axes may lie anywhere, since a batched matmul reads any batch stride, but the
+    ones wider than 1 must lie in batch order and adjacent, so flattening them stays a view.
+    """
+    if [x for x in axes if x not in batch] != first + second:
+        return None
+    for block in (first, second):
+        if block and "".join(block) not in axes:
+            return None
+    wide = [x for x in axes if x in batch and sizes[x] > 1]
+    if wide != [x for x in batch if x in wide] or (wide and "".join(wide) not in axes):
+        return None
+    return [axes.index(x) for x in [*(x for x in batch if x in axes), *first, *second]]
 
 
 def _view(
     name: str,
     axes: str,
+    perm: list[int],
     batch: list[str],
     rows: list[str],
     cols: list[str],
     sizes: dict[str, int],
     transposed: bool,
 ) -> str:
-    """``name`` reshaped to (batch..., rows, cols), size 1 for batch axes it lacks."""
+    """``name`` permuted by ``perm``, reshaped to (batch..., rows, cols) (1 for absent batch)."""
     shape = [sizes[a] if a in axes else 1 for a in batch]
     inner = [math.prod(sizes[a] for a in cols), math.prod(sizes[a] for a in rows)]
     if not transposed:
         inner.reverse()
+    if perm != sorted(perm):
+        name = f"{name}.permute({', '.join(map(str, perm))})"
     expr = f"{name}.reshape({', '.join(map(str, shape + inner))})"
     return f"{expr}.transpose(-1, -2)" if transposed else expr
 
 
+def _batch_orders(ia: str, ib: str, out: str):
+    """Every batch axis list worth trying.
+
+    The shared output axes always are batch; each choice of one-sided output axes to
+    broadcast joins them, ordered as in the output or as in either operand.
+    """
+    shared = [x for x in out if x in ia and x in ib]
+    optional = [x for x in out if x not in shared]
+    seen = set()
+    for mask in range(1 << len(optional)):
+        chosen = set(shared) | {x for i, x in enumerate(optional) if mask >> i & 1}
+        for order in (out, ia + out, ib + out):
+            batch = tuple(dict.fromkeys(x for x in order if x in chosen))
+            if batch not in seen:
+                seen.add(batch)
+                yield list(batch)
+
+
 def matmul_expression(
-    equation: str, left: str, right: str, sizes: dict[str, int], *, permute_result: bool = True
+    equation: str,
+    left: str,
+    right: str,
+    sizes: dict[str, int],
+    *,
+    keep_last: bool = False,
 ) -> str | None:
     """A ``torch.matmul`` expression equal to ``einsum(equation, left, right)``, or ``None``.
 
     ``None`` when some index is summed inside one operand, nothing is contracted, or an
-    operand's axes do not fall into matmul blocks without a copy (or, without
-    ``permute_result``, the result would need permuting into the output's order).
+    operand's axes do not fall into matmul blocks without a copy. With ``keep_last``, a
+    result permuted into the output's order must keep its last axis last (a ``(Re, Im)``
+    axis then viewed as complex).
     """
+    best = _best_matmul(equation, left, right, sizes, keep_last)
+    return None if best is None else best[1]
+
+
+def _best_matmul(equation, left, right, sizes, keep_last):
+    """``(score, expression)`` of the best matmul layout (lower scores are better), or None."""
     ins, out = equation.split("->")
     ia, ib = ins.split(",")
     if len(set(ia)) != len(ia) or len(set(ib)) != len(ib):
@@ -72,29 +119,29 @@ def matmul_expression(
     k_axes = [x for x in ia if x in ib and x not in out]
     if not k_axes:
         return None
-    # Batch axes: a prefix of the output; an axis only one operand has is broadcast over the
-    # other (size 1 there). Of the layouts that work, the one with the fewest (largest)
-    # matmuls wins.
+    # Batch axes: the shared output axes, plus any one-sided output axis broadcast over the
+    # other operand (size 1 there). Of the layouts that work, the one with the fewest
+    # (largest) matmuls wins, then the one with the fewest permuted or transposed views.
     best = None
-    for cut in range(len(out) + 1):
-        batch = list(out[:cut])
+    for batch in _batch_orders(ia, ib, out):
         m_axes = [x for x in ia if x not in ib and x not in batch]
         n_axes = [x for x in ib if x not in ia and x not in batch]
         count = math.prod(sizes[a] for a in batch)
-        for penalty, expr in _try_roles(
+        for penalty, result_axes, expr in _try_roles(
             left, right, ia, ib, batch, k_axes, m_axes, n_axes, out, sizes
         ):
-            if penalty[0] and not permute_result:
+            if keep_last and penalty[0] and result_axes[-1] != out[-1]:
                 continue
             if best is None or (count, penalty) < best[0]:
                 best = ((count, penalty), expr)
-    return None if best is None else best[1]
+    return best
 
 
 def _try_roles(left, right, ia, ib, batch, k_axes, m_axes, n_axes, out, sizes):
-    """Every (penalty, expression) for the two role assignments.
+    """Every (penalty, result axes, expression) for the two role assignments.
 
-    The penalty counts a permuted (non-contiguous) result first, then transposed operands.
+    The penalty counts a permuted (non-contiguous) result first, then permuted or
+    transposed operand views.
     """
     for a_name, b_name, a_axes, b_axes, m, n in (
         (left, right, ia, ib, m_axes, n_axes),
@@ -105,12 +152,14 @@ def _try_roles(left, right, ia, ib, batch, k_axes, m_axes, n_axes, out, sizes):
         k_a = [x for x in a_axes if x in k_axes]
         if k_a != k_b:
             continue
-        a_plain, a_trans = _blocks(a_axes, batch, m, k_a), _blocks(a_axes, batch, k_a, m)
-        b_plain, b_trans = _blocks(b_axes, batch, k_b, n), _blocks(b_axes, batch, n, k_b)
-        if not (a_plain or a_trans) or not (b_plain or b_trans):
+        a_plain = _layout(a_axes, batch, m, k_a, sizes)
+        a_perm = a_plain or _layout(a_axes, batch, k_a, m, sizes)
+        b_plain = _layout(b_axes, batch, k_b, n, sizes)
+        b_perm = b_plain or _layout(b_axes, batch, n, k_b, sizes)
+        if a_perm is None or b_perm is None:
             continue
-        lhs = _view(a_name, a_axes, batch, m, k_a, sizes, transposed=not a_plain)
-        rhs = _view(b_name, b_axes, batch, k_b, n, sizes, transposed=not b_plain)
+        lhs = _view(a_name, a_axes, a_perm, batch, m, k_a, sizes, transposed=a_plain is None)
+        rhs = _view(b_name, b_axes, b_perm, batch, k_b, n, sizes, transposed=b_plain is None)
         # A broadcast batch axis (size 1 in one operand only) goes through rt.bmm, which
         # expands the operand lacking it. Flattening the expanded batch is a view only when
         # that operand has none of the batch axes; with some of them it materialises
@@ -138,7 +187,9 @@ def _try_roles(left, right, ia, ib, batch, k_axes, m_axes, n_axes, out, sizes):
         if permuted:
             perm = [result_axes.index(a) for a in out]
             product = f"{product}.permute({', '.join(map(str, perm))})"
-        yield (permuted, (not a_plain) + (not b_plain)), product
+        views = sum(p != sorted(p) for p in (a_perm, b_perm))
+        transposes = (a_plain is None) + (b_plain is None)
+        yield (permuted, views + transposes), result_axes, product
 
 
 def realified(
@@ -190,20 +241,51 @@ def realified_expression(
     """A matmul expression for a mixed (``einsum``) or real-part (``einsum_real``) product.
 
     ``None`` when the rewritten contraction has no matmul layout. A mixed product's result
-    is viewed as complex, so its ``(Re, Im)`` axis must come out last and unit-strided: its
-    result may not be permuted.
+    is viewed as complex, so its ``(Re, Im)`` axis must come out last and unit-strided: a
+    permuted result must keep it last.
     """
+    best = _best_realified(op, equation, names, complex_in, sizes)
+    return None if best is None else best[1]
+
+
+def _best_realified(op, equation, names, complex_in, sizes):
     rewritten = realified(op, equation, complex_in, sizes)
     if rewritten is None:
         return None
     eq, kinds = rewritten
-    expr = matmul_expression(
+    best = _best_matmul(
         eq,
         operand_expression(names[0], kinds[0]),
         operand_expression(names[1], kinds[1]),
         {**sizes, REAL_AXIS: 2},
-        permute_result=op != "einsum",
+        op == "einsum",
     )
-    if expr is None:
-        return None
-    return f"torch.view_as_complex({expr})" if op == "einsum" else expr
+    if best is None or op != "einsum":
+        return best
+    return best[0], f"torch.view_as_complex({best[1]})"
+
+
+def contraction_matmul(
+    op: str,
+    equation: str,
+    names: tuple[str, str],
+    complex_in: tuple[bool, bool],
+    sizes: dict[str, int],
+) -> tuple[tuple, str] | None:
+    """The best matmul form of a two-operand ``einsum`` or ``einsum_real`` step, or ``None``.
+
+    Returns ``(score, expression)``: the score orders layouts (fewer, larger matmuls first,
+    then fewer permuted results and operand views), so a caller free to choose an operand's
+    layout can compare them. The one dispatch the code generator and the cost model share.
+    """
+    letters = sorted(set(equation) - set(",->"))
+    key = tuple((a, sizes[a]) for a in letters)
+    return _contraction_matmul(op, equation, tuple(names), tuple(map(bool, complex_in)), key)
+
+
+@functools.lru_cache(maxsize=65536)
+def _contraction_matmul(op, equation, names, complex_in, sizes):
+    sizes = dict(sizes)
+    if op == "einsum" and complex_in[0] == complex_in[1]:
+        return _best_matmul(equation, names[0], names[1], sizes, False)
+    return _best_realified(op, equation, names, complex_in, sizes)

@@ -13,11 +13,10 @@ Time-like axes:
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
-from contractssm.planner.matmul import matmul_expression, realified_expression
+from contractssm.planner.matmul import contraction_matmul
 from contractssm.planner.profile import MachineProfile, size_class
 
 #: The operations a step may perform (the code generator implements each one).
@@ -170,18 +169,7 @@ def reads_in_place(
     """
     if len(complex_in) != 2:
         return False
-    letters = set(equation) - set(",->")
-    key = tuple(sorted((a, sizes[a]) for a in letters))
-    return _has_matmul(op, equation, key, (bool(complex_in[0]), bool(complex_in[1])))
-
-
-@functools.lru_cache(maxsize=4096)
-def _has_matmul(
-    op: str, equation: str, sizes: tuple[tuple[str, int], ...], cx: tuple[bool, bool]
-) -> bool:
-    if op == "einsum" and cx[0] == cx[1]:
-        return matmul_expression(equation, "a", "b", dict(sizes)) is not None
-    return realified_expression(op, equation, ("a", "b"), cx, dict(sizes)) is not None
+    return contraction_matmul(op, equation, ("a", "b"), complex_in, sizes) is not None
 
 
 def step_seconds(
