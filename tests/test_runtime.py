@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -86,4 +87,28 @@ def test_einsum_summing_a_length_one_axis_is_a_broadcast_product():
     assert torch.allclose(
         rt.einsum("efO,aefO->aef", long_decay, pair),
         torch.einsum("efO,aefO->aef", long_decay, pair),
+    )
+
+
+@pytest.mark.parametrize(
+    "equation, kernel_shape, signal_shape",
+    [
+        ("bdF,adF->abF", (3, 2, 7), (4, 2, 7)),  # contracts channels: frequency-major path
+        ("cF,acF->acF", (2, 7), (3, 2, 7)),  # elementwise: saves the real inputs
+    ],
+)
+@pytest.mark.parametrize("needs", [(True, True), (False, True), (True, False)])
+def test_fft_conv_forward_and_gradients(equation, kernel_shape, signal_shape, needs):
+    n, length = 16, 7
+    kernel = torch.randn(kernel_shape, dtype=torch.float64, requires_grad=needs[0])
+    signal = torch.randn(signal_shape, dtype=torch.float64, requires_grad=needs[1])
+    plain = torch.fft.irfft(
+        torch.einsum(equation, torch.fft.rfft(kernel, n=n), torch.fft.rfft(signal, n=n)), n=n
+    )[..., :length]
+    got = rt.fft_conv(kernel, signal, equation, n, length)
+    err = (got - plain).abs().max().item()
+    print(f"{equation}: forward max error {err:.1e}")
+    assert err < 1e-12
+    assert torch.autograd.gradcheck(
+        lambda k, u: rt.fft_conv(k, u, equation, n, length), (kernel, signal)
     )

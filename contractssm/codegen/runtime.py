@@ -221,42 +221,107 @@ def as_complex(t: Tensor, real_dtype: torch.dtype) -> Tensor:
     return t.to(complex_of(real_dtype))
 
 
-class FFTConv(torch.autograd.Function):
-    """Causal convolution of real ``kernel`` and ``signal`` through one real FFT, lean on memory.
+def spectral_product(equation: str, p: Tensor, q: Tensor) -> Tensor:
+    """``einsum(equation, p, q)`` of two spectra whose last axis is the frequency.
 
-    ``z = irfft(einsum(equation, rfft(kernel, n), rfft(signal, n)), n)[..., :length]``. Plain
-    autograd would keep both complex spectra alive for the backward pass; this saves only the
-    two real inputs and recomputes their spectra, and computes the gradients as FFT
-    cross-correlations: ``dK[tau] = sum_t dz[t] u[t - tau]``, ``dU[j] = sum_t dz[t] k[t - j]``
-    (exact because ``n >= 2L - 1`` leaves no wrap-around).
+    A product that contracts channels is one complex matmul per frequency. Read in place the
+    matrices have the frequency stride, which CPU complex ``bmm`` copies one matrix at a time
+    (tens of thousands of copies at 2049 frequencies); frequency-major copies of both
+    operands and the result cost three passes instead: ~3x faster for 32 x 32 channels.
+    """
+    if not _contracts(equation):
+        return einsum(equation, p, q)
+    major = _frequency_first(equation)
+    return _transposed(torch.einsum(major, _transposed(p, -1), _transposed(q, -1)), 0)
+
+
+def _contracts(equation: str) -> bool:
+    """Whether a two-operand product with the frequency last in every term sums some axis."""
+    ins, out = equation.split("->")
+    left, right = ins.split(",")
+    return set(left) | set(right) != set(out) and left[-1] == right[-1] == out[-1]
+
+
+def _frequency_first(equation: str) -> str:
+    """``equation`` with the last axis of every term moved first."""
+    ins, out = equation.split("->")
+    terms = [*ins.split(","), out]
+    moved = [t[-1] + t[:-1] for t in terms]
+    return f"{','.join(moved[:-1])}->{moved[-1]}"
+
+
+def _transposed(t: Tensor, axis: int) -> Tensor:
+    """``t`` with its first (``axis=0``) or last (``-1``) axis moved to the other end, copied.
+
+    As one 2-D transpose: 1.8x faster than the strided copy of ``movedim(...).contiguous()``.
+    """
+    if axis == 0:
+        return t.reshape(t.shape[0], -1).t().contiguous().reshape(*t.shape[1:], t.shape[0])
+    return t.reshape(-1, t.shape[-1]).t().contiguous().reshape(t.shape[-1], *t.shape[:-1])
+
+
+class FFTConv(torch.autograd.Function):
+    """Causal convolution of real ``kernel`` and ``signal`` through one real FFT.
+
+    ``z = irfft(einsum(equation, rfft(kernel, n), rfft(signal, n)), n)[..., :length]``. The
+    gradients are FFT cross-correlations, ``dK[tau] = sum_t dz[t] u[t - tau]`` and
+    ``dU[j] = sum_t dz[t] k[t - j]`` (exact because ``n >= 2L - 1`` leaves no wrap-around):
+    the output gradient's spectrum against each input's conjugate spectrum.
+
+    A product that contracts channels (``full``, ``s5``) runs frequency-major (see
+    :func:`spectral_product`) and saves those frequency-major spectra: recomputing them in
+    the backward costs two FFTs and two transposes (~15% of a ``full`` forward+backward).
+    An elementwise product (``dws``) saves the two real inputs, half the bytes, and
+    recomputes their spectra.
     """
 
     @staticmethod
     def forward(ctx, kernel: Tensor, signal: Tensor, equation: str, n: int, length: int):
-        """Convolve; saves the real inputs only."""
-        spectrum = einsum(equation, torch.fft.rfft(kernel, n=n), torch.fft.rfft(signal, n=n))
-        ctx.save_for_backward(kernel, signal)
+        """Convolve; saves the frequency-major spectra, or the real inputs."""
         ctx.equation, ctx.n = equation, n
+        ctx.major = _contracts(equation)
+        ctx.lengths = (kernel.shape[-1], signal.shape[-1])
+        fk, fu = torch.fft.rfft(kernel, n=n), torch.fft.rfft(signal, n=n)
+        if not ctx.major:
+            ctx.save_for_backward(kernel, signal)
+            spectrum = einsum(equation, fk, fu)
+        else:
+            fk, fu = _transposed(fk, -1), _transposed(fu, -1)
+            ctx.save_for_backward(fk, fu)
+            spectrum = _transposed(torch.einsum(_frequency_first(equation), fk, fu), 0)
         return torch.fft.irfft(spectrum, n=n)[..., :length]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        """Cross-correlate the output gradient with each input's recomputed spectrum."""
-        kernel, signal = ctx.saved_tensors
-        n = ctx.n
+        """Cross-correlate the output gradient with each input's spectrum."""
+        n, (k_len, u_len) = ctx.n, ctx.lengths
         ins, out = ctx.equation.split("->")
         k_axes, u_axes = ins.split(",")
         g = torch.fft.rfft(grad, n=n)
+        if ctx.major:
+            fk, fu = ctx.saved_tensors
+            # conj(g) against the saved spectra, the product conjugated after: equal to g
+            # against their conjugates, without conjugate copies of them.
+            g = _transposed(g, -1).conj_physical_()
+
+            def correlate(equation, spectrum):
+                product = torch.einsum(_frequency_first(equation), g, spectrum)
+                return _transposed(product.conj_physical_(), 0)
+        else:
+            kernel, signal = ctx.saved_tensors
+            fk, fu = torch.fft.rfft(kernel, n=n), torch.fft.rfft(signal, n=n)
+
+            def correlate(equation, spectrum):
+                return einsum(equation, g, spectrum.conj())
+
         d_kernel = d_signal = None
         if ctx.needs_input_grad[0]:
-            fu = torch.fft.rfft(signal, n=n).conj()
-            d_kernel = torch.fft.irfft(einsum(f"{out},{u_axes}->{k_axes}", g, fu), n=n)
-            d_kernel = d_kernel[..., : kernel.shape[-1]]
+            d_kernel = correlate(f"{out},{u_axes}->{k_axes}", fu)
+            d_kernel = torch.fft.irfft(d_kernel, n=n)[..., :k_len]
         if ctx.needs_input_grad[1]:
-            fk = torch.fft.rfft(kernel, n=n).conj()
-            d_signal = torch.fft.irfft(einsum(f"{out},{k_axes}->{u_axes}", g, fk), n=n)
-            d_signal = d_signal[..., : signal.shape[-1]]
+            d_signal = correlate(f"{out},{k_axes}->{u_axes}", fk)
+            d_signal = torch.fft.irfft(d_signal, n=n)[..., :u_len]
         return d_kernel, d_signal, None, None, None
 
 
