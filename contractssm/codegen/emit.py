@@ -77,6 +77,14 @@ def _broadcast(expr: str, have: str, want: str) -> str:
     return f"{expr}[{', '.join(':' if ax in have else 'None' for ax in want)}]"
 
 
+def _is_spectral(equation: str) -> bool:
+    """Whether a product of two spectra (frequency ``F`` last everywhere) sums channels."""
+    terms, out = equation.split("->")
+    left, right = terms.split(",")
+    f = out[-1]
+    return f == "F" and left[-1] == right[-1] == f and set(left) | set(right) != set(out)
+
+
 def _describe(step: Step) -> str:
     shape = f"({', '.join(step.axes)})"
     what = step.equation or ", ".join(f"{k}={v}" for k, v in step.attrs)
@@ -88,6 +96,9 @@ def _emit(step: Step, axes: dict[str, str], sizes, cplx: dict[str, bool]) -> lis
     op = step.op
     if op in ("einsum", "einsum_real") and len(ins) == 2 and sizes:
         kinds = (bool(cplx.get(ins[0])), bool(cplx.get(ins[1])))
+        if op == "einsum" and all(kinds) and _is_spectral(step.equation):
+            # Complex matmuls on frequency-strided views copy matrix by matrix on CPU.
+            return [f'{out} = rt.spectral_product("{step.equation}", {ins[0]}, {ins[1]})']
         best = contraction_matmul(op, step.equation, (ins[0], ins[1]), kinds, sizes)
         if best is not None:
             return [f"{out} = {best[1]}"]
