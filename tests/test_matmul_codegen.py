@@ -67,15 +67,26 @@ def test_partial_broadcast_is_left_to_einsum():
 
 
 @settings(max_examples=300, deadline=None)
-@given(case=contractions(), which=st.sampled_from(["mixed-left", "mixed-right", "real-part"]))
+@given(
+    case=contractions(),
+    which=st.sampled_from(
+        ["mixed-left", "mixed-right", "real-part", "real-part-mixed-left", "real-part-mixed-right"]
+    ),
+)
 def test_realified_expression_equals_einsum(case, which):
     # Mixed real-by-complex products and real parts of complex products, as matmuls over
     # (Re, Im) axes: the stacked operand and view_as_real feed one real bmm.
     equation, sizes = case
     left, right = equation.split("->")[0].split(",")
-    cx = {"mixed-left": (True, False), "mixed-right": (False, True), "real-part": (True, True)}
+    cx = {
+        "mixed-left": (True, False),
+        "mixed-right": (False, True),
+        "real-part": (True, True),
+        "real-part-mixed-left": (True, False),
+        "real-part-mixed-right": (False, True),
+    }
     kinds = cx[which]
-    op = "einsum_real" if which == "real-part" else "einsum"
+    op = "einsum_real" if which.startswith("real-part") else "einsum"
 
     def make(axes, is_complex):
         shape = [sizes[a] for a in axes]

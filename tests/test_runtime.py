@@ -112,3 +112,23 @@ def test_fft_conv_forward_and_gradients(equation, kernel_shape, signal_shape, ne
     assert torch.autograd.gradcheck(
         lambda k, u: rt.fft_conv(k, u, equation, n, length), (kernel, signal)
     )
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 7, 8])
+def test_chunk_scan_sequential_and_parallel_agree_with_the_definition(chunks, monkeypatch):
+    gen = torch.Generator().manual_seed(chunks)
+    rate = torch.complex(
+        -torch.rand(3, 5, dtype=torch.float64, generator=gen),
+        torch.randn(3, 5, dtype=torch.float64, generator=gen),
+    )
+    states = torch.randn(2, 3, 5, chunks, dtype=torch.complex128, generator=gen)
+    decay = torch.exp(rate * 4)
+    want = torch.zeros_like(states)
+    for k in range(1, chunks):
+        want[..., k] = decay * want[..., k - 1] + states[..., k - 1]
+    for threshold in (1, 1 << 30):  # every chunk state sequential / every one Hillis-Steele
+        monkeypatch.setattr(rt, "SEQUENTIAL_SCAN_ELEMENTS", threshold)
+        got = rt.chunk_scan(rate, states, 4)
+        err = (got - want).abs().max().item()
+        print(f"chunks={chunks} threshold={threshold}: max error {err:.1e}")
+        assert err < 1e-12

@@ -81,6 +81,8 @@ def _is_spectral(equation: str) -> bool:
     """Whether a product of two spectra (frequency ``F`` last everywhere) sums channels."""
     terms, out = equation.split("->")
     left, right = terms.split(",")
+    if not (out and left and right):
+        return False
     f = out[-1]
     return f == "F" and left[-1] == right[-1] == f and set(left) | set(right) != set(out)
 

@@ -197,26 +197,26 @@ def realified(
 ) -> tuple[str, tuple[str, str]] | None:
     """A mixed or real-part contraction rewritten as a real one over ``(Re, Im)`` axes.
 
-    ``op`` is ``einsum`` (a real times a complex operand: the complex one as ``view``, the
-    ``(Re, Im)`` axis kept last in the output, which is then viewed as complex) or
-    ``einsum_real`` (the real part of a product: a real operand meets the other's real part,
-    two complex ones meet as ``stacked`` (the smaller) against ``view``, the axis summed).
+    A real times a complex operand (``einsum``, or ``einsum_real`` of such a product): the
+    complex one as ``view``, the ``(Re, Im)`` axis kept last in the output, which is then
+    viewed as complex (``einsum``) or its Re half taken (``einsum_real``). The real part of
+    two complex operands (``einsum_real``): the smaller as ``stacked`` against ``view``, the
+    axis summed.
     Returns the real equation and how each operand enters (``real``, ``view`` or
     ``stacked``), or ``None`` when there is no such rewriting.
     """
     ins, out = equation.split("->")
     left, right = ins.split(",")
     z = REAL_AXIS
-    if op == "einsum":
-        if complex_in[0] == complex_in[1]:
-            return None
+    if complex_in[0] != complex_in[1]:
+        # The complex operand as (Re, Im), the axis kept last: an einsum views the result as
+        # complex, an einsum_real takes its Re half (the real part alone is a stride-2 view
+        # that no matmul reads in place).
         if complex_in[0]:
             return f"{left}{z},{right}->{out}{z}", ("view", "real")
         return f"{left},{right}{z}->{out}{z}", ("real", "view")
-    if not any(complex_in):
+    if op == "einsum" or not any(complex_in):
         return None
-    if complex_in[0] != complex_in[1]:
-        return None  # a real operand against a complex one's real part (a strided view)
     first_small = math.prod(sizes[a] for a in left) <= math.prod(sizes[a] for a in right)
     kinds = ("stacked", "view") if first_small else ("view", "stacked")
     return f"{left}{z},{right}{z}->{out}", kinds
@@ -258,10 +258,12 @@ def _best_realified(op, equation, names, complex_in, sizes):
         operand_expression(names[0], kinds[0]),
         operand_expression(names[1], kinds[1]),
         {**sizes, REAL_AXIS: 2},
-        op == "einsum",
+        op == "einsum" or complex_in[0] != complex_in[1],
     )
-    if best is None or op != "einsum":
+    if best is None or (op == "einsum_real" and complex_in[0] == complex_in[1]):
         return best
+    if op == "einsum_real":  # the (Re, Im) axis kept: its real half
+        return best[0], f"{best[1]}[..., 0]"
     return best[0], f"torch.view_as_complex({best[1]})"
 
 
