@@ -1,8 +1,10 @@
 """Peephole fusion of generated programs (the plan's steps stay as the planner chose them).
 
 ``rfft(k)``, ``rfft(u)``, their frequency-domain contraction and the ``irfft`` become one
-:func:`contractssm.codegen.runtime.fft_conv` call, whose backward saves the real inputs instead
-of both complex spectra (about half the saved activations of the convolution).
+:func:`contractssm.codegen.runtime.fft_conv` call with its own backward: an elementwise
+product saves the real inputs instead of both complex spectra (about half the saved
+activations of the convolution); a channel-contracting one runs frequency-major and saves
+those spectra, so the backward needs no FFT of them.
 """
 
 from __future__ import annotations
