@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contractssm.codegen import runtime as rt
-from contractssm.planner.matmul import matmul_expression, realified_expression
+from contractssm.planner.matmul import contraction_matmul, matmul_expression
 
 LETTERS = "abcdeT"
 
@@ -64,6 +64,12 @@ def test_partial_broadcast_is_left_to_einsum():
     # materialise a copies of the Toeplitz, so no matmul layout is offered.
     sizes = {"a": 8, "e": 64, "K": 8, "R": 128, "Q": 128}
     assert matmul_expression("eRQ,aeKQ->aeKR", "t", "u", sizes) is None
+
+
+def realified_expression(op, equation, names, kinds, sizes):
+    """The expression the generator emits for a mixed or real-part product, or None."""
+    best = contraction_matmul(op, equation, names, kinds, sizes)
+    return None if best is None else best[1]
 
 
 @settings(max_examples=300, deadline=None)

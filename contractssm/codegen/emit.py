@@ -7,6 +7,7 @@ parsing at call time. Helpers it calls live in :mod:`contractssm.codegen.runtime
 
 from __future__ import annotations
 
+from contractssm.codegen import runtime
 from contractssm.planner.matmul import contraction_matmul
 from contractssm.planner.steps import Step
 
@@ -77,16 +78,6 @@ def _broadcast(expr: str, have: str, want: str) -> str:
     return f"{expr}[{', '.join(':' if ax in have else 'None' for ax in want)}]"
 
 
-def _is_spectral(equation: str) -> bool:
-    """Whether a product of two spectra (frequency ``F`` last everywhere) sums channels."""
-    terms, out = equation.split("->")
-    left, right = terms.split(",")
-    if not (out and left and right):
-        return False
-    f = out[-1]
-    return f == "F" and left[-1] == right[-1] == f and set(left) | set(right) != set(out)
-
-
 def _describe(step: Step) -> str:
     shape = f"({', '.join(step.axes)})"
     what = step.equation or ", ".join(f"{k}={v}" for k, v in step.attrs)
@@ -98,7 +89,8 @@ def _emit(step: Step, axes: dict[str, str], sizes, cplx: dict[str, bool]) -> lis
     op = step.op
     if op in ("einsum", "einsum_real") and len(ins) == 2 and sizes:
         kinds = (bool(cplx.get(ins[0])), bool(cplx.get(ins[1])))
-        if op == "einsum" and all(kinds) and _is_spectral(step.equation):
+        spectral = step.equation.endswith("F") and runtime.sums_channels(step.equation)
+        if op == "einsum" and all(kinds) and spectral:
             # Complex matmuls on frequency-strided views copy matrix by matrix on CPU.
             return [f'{out} = rt.spectral_product("{step.equation}", {ins[0]}, {ins[1]})']
         best = contraction_matmul(op, step.equation, (ins[0], ins[1]), kinds, sizes)

@@ -131,7 +131,7 @@ def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) 
     free = {s.output for s in steps if is_broadcast_product(s)}
     layouts = choose_layouts(steps, free, outputs, every_axes, cplx, builder.sizes)
     steps = tuple(relabelled(s, layouts) for s in steps)
-    axes = {p: builder.tensors[p].axes for p in params}
+    axes = {p: every_axes[p] for p in params}
     body = emit_function(
         f"_{name}_body",
         params,

@@ -244,13 +244,13 @@ def spectral_product(equation: str, p: Tensor, q: Tensor) -> Tensor:
     (tens of thousands of copies at 2049 frequencies); frequency-major copies of both
     operands and the result cost three passes instead: ~3x faster for 32 x 32 channels.
     """
-    if not _contracts(equation):
+    if not sums_channels(equation):
         return einsum(equation, p, q)
     major = _frequency_first(equation)
     return _transposed(torch.einsum(major, _transposed(p, -1), _transposed(q, -1)), 0)
 
 
-def _contracts(equation: str) -> bool:
+def sums_channels(equation: str) -> bool:
     """Whether a two-operand product with the frequency last in every term sums some axis."""
     ins, out = equation.split("->")
     left, right = ins.split(",")
@@ -296,7 +296,7 @@ class FFTConv(torch.autograd.Function):
     def forward(ctx, kernel: Tensor, signal: Tensor, equation: str, n: int, length: int):
         """Convolve; saves the frequency-major spectra, or the real inputs."""
         ctx.equation, ctx.n = equation, n
-        ctx.major = _contracts(equation)
+        ctx.major = sums_channels(equation)
         ctx.lengths = (kernel.shape[-1], signal.shape[-1])
         fk, fu = torch.fft.rfft(kernel, n=n), torch.fft.rfft(signal, n=n)
         if not ctx.major:

@@ -231,24 +231,13 @@ def operand_expression(name: str, kind: str) -> str:
     }[kind]
 
 
-def realified_expression(
-    op: str,
-    equation: str,
-    names: tuple[str, str],
-    complex_in: tuple[bool, bool],
-    sizes: dict[str, int],
-) -> str | None:
-    """A matmul expression for a mixed (``einsum``) or real-part (``einsum_real``) product.
-
-    ``None`` when the rewritten contraction has no matmul layout. A mixed product's result
-    is viewed as complex, so its ``(Re, Im)`` axis must come out last and unit-strided: a
-    permuted result must keep it last.
-    """
-    best = _best_realified(op, equation, names, complex_in, sizes)
-    return None if best is None else best[1]
-
-
 def _best_realified(op, equation, names, complex_in, sizes):
+    """``(score, expression)`` of a mixed or real-part product as a real matmul, or None.
+
+    A mixed ``einsum``'s result is viewed as complex, so its ``(Re, Im)`` axis must come out
+    last and unit-strided (a permuted result keeps it last); so must a mixed
+    ``einsum_real``'s, whose Re half is taken.
+    """
     rewritten = realified(op, equation, complex_in, sizes)
     if rewritten is None:
         return None
