@@ -242,12 +242,14 @@ def spectral_product(equation: str, p: Tensor, q: Tensor) -> Tensor:
     A product that contracts channels is one complex matmul per frequency. Read in place the
     matrices have the frequency stride, which CPU complex ``bmm`` copies one matrix at a time
     (tens of thousands of copies at 2049 frequencies); frequency-major copies of both
-    operands and the result cost three passes instead: ~3x faster for 32 x 32 channels.
+    operands cost two passes instead: ~3x faster for 32 x 32 channels. The product stays
+    frequency-major, returned as a view with the frequency last: the inverse FFT reads it in
+    place faster than a transpose back followed by an FFT of contiguous lines.
     """
     if not sums_channels(equation):
         return einsum(equation, p, q)
     major = _frequency_first(equation)
-    return _transposed(torch.einsum(major, _transposed(p, -1), _transposed(q, -1)), 0)
+    return torch.einsum(major, _frequency_major(p), _frequency_major(q)).movedim(0, -1)
 
 
 def sums_channels(equation: str) -> bool:
@@ -267,13 +269,11 @@ def _frequency_first(equation: str) -> str:
     return f"{','.join(moved[:-1])}->{moved[-1]}"
 
 
-def _transposed(t: Tensor, axis: int) -> Tensor:
-    """``t`` with its first (``axis=0``) or last (``-1``) axis moved to the other end, copied.
+def _frequency_major(t: Tensor) -> Tensor:
+    """``t`` with its last (frequency) axis moved first, copied.
 
-    As one 2-D transpose: 1.8x faster than the strided copy of ``movedim(...).contiguous()``.
+    As one 2-D transpose: 1.8x faster than the strided copy of ``movedim(-1, 0).contiguous()``.
     """
-    if axis == 0:
-        return t.reshape(t.shape[0], -1).t().contiguous().reshape(*t.shape[1:], t.shape[0])
     return t.reshape(-1, t.shape[-1]).t().contiguous().reshape(t.shape[-1], *t.shape[:-1])
 
 
@@ -303,9 +303,9 @@ class FFTConv(torch.autograd.Function):
             ctx.save_for_backward(kernel, signal)
             spectrum = einsum(equation, fk, fu)
         else:
-            fk, fu = _transposed(fk, -1), _transposed(fu, -1)
+            fk, fu = _frequency_major(fk), _frequency_major(fu)
             ctx.save_for_backward(fk, fu)
-            spectrum = _transposed(torch.einsum(_frequency_first(equation), fk, fu), 0)
+            spectrum = torch.einsum(_frequency_first(equation), fk, fu).movedim(0, -1)
         return torch.fft.irfft(spectrum, n=n)[..., :length]
 
     @staticmethod
@@ -320,11 +320,11 @@ class FFTConv(torch.autograd.Function):
             fk, fu = ctx.saved_tensors
             # conj(g) against the saved spectra, the product conjugated after: equal to g
             # against their conjugates, without conjugate copies of them.
-            g = _transposed(g, -1).conj_physical_()
+            g = _frequency_major(g).conj_physical_()
 
             def correlate(equation, spectrum):
                 product = torch.einsum(_frequency_first(equation), g, spectrum)
-                return _transposed(product.conj_physical_(), 0)
+                return product.conj_physical_().movedim(0, -1)
         else:
             kernel, signal = ctx.saved_tensors
             fk, fu = torch.fft.rfft(kernel, n=n), torch.fft.rfft(signal, n=n)
