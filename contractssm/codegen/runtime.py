@@ -286,7 +286,7 @@ class FFTConv(torch.autograd.Function):
     the output gradient's spectrum against each input's conjugate spectrum.
 
     Both input spectra are saved for the backward: recomputing them there costs two FFTs
-    (23-35% of an elementwise ``dws`` convolution's forward+backward, measured at (8, 64,
+    (13-22% of an elementwise ``dws`` convolution's forward+backward, measured at (8, 64,
     1024) to (8, 64, 4096)) and, for a product that contracts channels (``full``, ``s5``,
     run frequency-major, see :func:`spectral_product`), two transposes as well. The memory
     model counts the spectra as saved.
