@@ -246,10 +246,8 @@ def spectral_product(equation: str, p: Tensor, q: Tensor) -> Tensor:
     frequency-major, returned as a view with the frequency last: the inverse FFT reads it in
     place faster than a transpose back followed by an FFT of contiguous lines.
     """
-    if not sums_channels(equation):
-        return einsum(equation, p, q)
-    major = _frequency_first(equation)
-    return torch.einsum(major, _frequency_major(p), _frequency_major(q)).movedim(0, -1)
+    major = sums_channels(equation)
+    return _product(equation, _laid_out(p, major), _laid_out(q, major), major)
 
 
 def sums_channels(equation: str) -> bool:
@@ -267,6 +265,18 @@ def _frequency_first(equation: str) -> str:
     terms = [*ins.split(","), out]
     moved = [t[-1] + t[:-1] for t in terms]
     return f"{','.join(moved[:-1])}->{moved[-1]}"
+
+
+def _laid_out(spectrum: Tensor, major: bool) -> Tensor:
+    """``spectrum`` as :func:`_product` reads it: frequency-major (copied) or as it is."""
+    return _frequency_major(spectrum) if major else spectrum
+
+
+def _product(equation: str, p: Tensor, q: Tensor, major: bool) -> Tensor:
+    """``einsum(equation, ...)`` of two :func:`_laid_out` spectra, frequency last (a view)."""
+    if major:
+        return torch.einsum(_frequency_first(equation), p, q).movedim(0, -1)
+    return einsum(equation, p, q)
 
 
 def _frequency_major(t: Tensor) -> Tensor:
@@ -298,13 +308,10 @@ class FFTConv(torch.autograd.Function):
         ctx.equation, ctx.n = equation, n
         ctx.major = sums_channels(equation)
         ctx.lengths = (kernel.shape[-1], signal.shape[-1])
-        fk, fu = torch.fft.rfft(kernel, n=n), torch.fft.rfft(signal, n=n)
-        if not ctx.major:
-            spectrum = einsum(equation, fk, fu)
-        else:
-            fk, fu = _frequency_major(fk), _frequency_major(fu)
-            spectrum = torch.einsum(_frequency_first(equation), fk, fu).movedim(0, -1)
+        fk = _laid_out(torch.fft.rfft(kernel, n=n), ctx.major)
+        fu = _laid_out(torch.fft.rfft(signal, n=n), ctx.major)
         ctx.save_for_backward(fk, fu)
+        spectrum = _product(equation, fk, fu, ctx.major)
         return torch.fft.irfft(spectrum, n=n)[..., :length]
 
     @staticmethod
@@ -314,20 +321,14 @@ class FFTConv(torch.autograd.Function):
         n, (k_len, u_len) = ctx.n, ctx.lengths
         ins, out = ctx.equation.split("->")
         k_axes, u_axes = ins.split(",")
-        g = torch.fft.rfft(grad, n=n)
         fk, fu = ctx.saved_tensors
-        if ctx.major:
-            # conj(g) against the saved spectra, the product conjugated after: equal to g
-            # against their conjugates, without conjugate copies of them.
-            g = _frequency_major(g).conj_physical_()
+        # conj(g) against the saved spectra, the product conjugated after: equal to g against
+        # their conjugates, without conjugate copies of them. The layout is the forward's
+        # (whether the forward product sums channels; a backward product may sum the batch).
+        g = _laid_out(torch.fft.rfft(grad, n=n), ctx.major).conj_physical_()
 
-            def correlate(equation, spectrum):
-                product = torch.einsum(_frequency_first(equation), g, spectrum)
-                return product.conj_physical_().movedim(0, -1)
-        else:
-
-            def correlate(equation, spectrum):
-                return einsum(equation, g, spectrum.conj())
+        def correlate(equation, spectrum):
+            return _product(equation, g, spectrum, ctx.major).conj_physical_()
 
         d_kernel = d_signal = None
         if ctx.needs_input_grad[0]:
@@ -340,5 +341,5 @@ class FFTConv(torch.autograd.Function):
 
 
 def fft_conv(kernel: Tensor, signal: Tensor, equation: str, n: int, length: int) -> Tensor:
-    """:class:`FFTConv` (the memory-lean causal FFT convolution of two real tensors)."""
+    """:class:`FFTConv` (the causal FFT convolution of two real tensors)."""
     return FFTConv.apply(kernel, signal, equation, n, length)
