@@ -126,9 +126,15 @@ def test_chunk_scan_sequential_and_parallel_agree_with_the_definition(chunks, mo
     want = torch.zeros_like(states)
     for k in range(1, chunks):
         want[..., k] = decay * want[..., k - 1] + states[..., k - 1]
-    for threshold in (1, 1 << 30):  # every chunk state sequential / every one Hillis-Steele
-        monkeypatch.setattr(rt, "SEQUENTIAL_SCAN_ELEMENTS", threshold)
+    for sequential in (True, False):
+        monkeypatch.setattr(rt, "sequential_scan", lambda kind, per_chunk, s=sequential: s)
         got = rt.chunk_scan(rate, states, 4)
         err = (got - want).abs().max().item()
-        print(f"chunks={chunks} threshold={threshold}: max error {err:.1e}")
+        print(f"chunks={chunks} sequential={sequential}: max error {err:.1e}")
         assert err < 1e-12
+        # Gradients (the sequential scan has its own backward) against finite differences,
+        # with the rate broadcast over the leading axis as the executors pass it.
+        assert torch.autograd.gradcheck(
+            lambda r, s: rt.chunk_scan(r[None], s, 4),
+            (rate.clone().requires_grad_(), states.clone().requires_grad_()),
+        )

@@ -172,9 +172,9 @@ def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) 
         split = (split_ns[f"{name}_constants"], split_ns[f"{name}_apply"])
     if state:
         lines.append(f"        y, h = {call}")
-        lines.append("        return y, torch.view_as_real(h)")
+        lines.append("        return rt.dense_gradient(y), torch.view_as_real(h)")
     else:
-        lines.append(f"        return {call}[0]")
+        lines.append(f"        return rt.dense_gradient({call}[0])")
     source = body + "\n\n" + "\n".join(lines) + "\n"
     filename = f"<contractssm-{name}-{abs(hash(plan))}>"
     # Register the source so tracebacks and torch.compile can show the generated lines.

@@ -54,6 +54,15 @@ class MachineProfile:
     launch_us: float = 8.0
     calibrated: bool = False
 
+    @property
+    def device_kind(self) -> str:
+        """The device type the profile was measured on (``cpu``, ``cuda``, ...), from its name.
+
+        Names are ``cpu-default``, ``cuda-default`` or, when calibrated, ``cpu:...``/``cuda:...``
+        (see :func:`contractssm.planner.calibrate.profile_name`).
+        """
+        return self.name.split(":")[0].removesuffix("-default")
+
     @functools.cached_property
     def key(self) -> tuple:
         """A hashable summary of the profile, for cache keys."""

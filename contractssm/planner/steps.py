@@ -46,6 +46,20 @@ FACTOR_POWERS = 64
 #: Below this many powers in all the runtime calls exp on every element; above, it builds
 #: geometric runs by cumulative products (a few exponentials per state).
 GEOMETRIC_MIN_ELEMENTS = 1 << 16
+#: Chunk states of at least this many elements per chunk are scanned one chunk at a time on
+#: every device (a log-depth scan rewrites every state at each of its levels).
+SEQUENTIAL_SCAN_ELEMENTS = 1 << 16
+
+
+def sequential_scan(device_kind: str, per_chunk: int) -> bool:
+    """Whether the runtime scans chunk states one chunk at a time (else log-depth).
+
+    On a CPU always: one small multiply-add per chunk (a few microseconds) beats the
+    log-depth scan's ``log2 K`` passes over every state, measured 1.2-3.6x faster forward plus
+    backward from 16 to 1024 chunks. Elsewhere only for large states, where kernel launches
+    per chunk are cheap next to the passes.
+    """
+    return device_kind == "cpu" or per_chunk >= SEQUENTIAL_SCAN_ELEMENTS
 
 
 def powers_split(count: int) -> tuple[int, int]:
@@ -218,8 +232,12 @@ def step_seconds(
         flops = batch * per * n * math.log2(max(n, 2))
         return launch_s + max(flops / (profile.fft_gflops * 1e9), memory_s), flops
     if op == "chunk_scan":
+        chunks = max(1, sizes.get("K", 1))
+        if sequential_scan(profile.device_kind, step.elements // chunks):
+            # One multiply-add per chunk, plus a chunk-major copy in and the stacked result.
+            return launch_s * chunks + 3 * memory_s, 8.0 * step.elements
         # ceil(log2 K) passes, each reading the state twice and writing it once.
-        passes = max(1, math.ceil(math.log2(max(2, sizes.get("K", 1)))))
+        passes = max(1, math.ceil(math.log2(max(2, chunks))))
         return launch_s * passes + 3 * passes * memory_s, 8.0 * step.elements * passes
     if op == "powers":
         # The runtime builds large runs as geometric sequences (see
