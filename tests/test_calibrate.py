@@ -39,6 +39,7 @@ def _rates(profile: MachineProfile) -> dict[str, float]:
         elementwise_gbps=profile.elementwise_gbps,
         transcendental_gelems=profile.transcendental_gelems,
         launch_us=profile.launch_us,
+        fresh_memory_gbps=profile.fresh_memory_gbps,
     )
     return rates
 

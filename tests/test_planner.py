@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -28,10 +29,10 @@ from contractssm.planner.api import profile_for
 from contractssm.planner.cache import PlanCache
 from contractssm.planner.lower import Strategy
 from contractssm.planner.plan import Plan
-from contractssm.planner.profile import MachineProfile
+from contractssm.planner.profile import FRESH_MEMORY_BYTES, MachineProfile
 from contractssm.planner.program import ProgramBuilder, TensorInfo
 from contractssm.planner.search import algorithm_options, placements, price, search
-from contractssm.planner.steps import Step, einsum_cost, step_seconds
+from contractssm.planner.steps import Step, einsum_cost, fresh_memory_seconds, step_seconds
 
 REL = 1e-12
 
@@ -240,6 +241,28 @@ def test_step_seconds_irfft_counts_each_transform_once():
     assert b.steps[-1].flops == batch * 5.0 * n * math.log2(n)
 
 
+def test_fresh_memory_is_priced_above_the_mmap_threshold():
+    # A step whose output reaches FRESH_MEMORY_BYTES pays its first touch at
+    # fresh_memory_gbps on top of its roofline price; one element less pays nothing.
+    slow = dataclasses.replace(ROUND, fresh_memory_gbps=0.5)
+    prices = {}
+    for elements in (FRESH_MEMORY_BYTES // 4 - 1, FRESH_MEMORY_BYTES // 4):
+        for profile in (ROUND, slow):
+            b = ProgramBuilder({"i": elements}, {"x": TensorInfo("i", False)}, profile, 4)
+            b.add("einsum", ("x", "x"), "i", False, "signal", equation="i,i->i")
+            prices[elements, profile.fresh_memory_gbps] = b.steps[-1].seconds
+    below, at = FRESH_MEMORY_BYTES // 4 - 1, FRESH_MEMORY_BYTES // 4
+    extra = prices[at, 0.5] - prices[at, ROUND.fresh_memory_gbps]
+    print(
+        f"fresh-memory extra at the threshold {extra * 1e3:.3f} ms, below it "
+        f"{(prices[below, 0.5] - prices[below, ROUND.fresh_memory_gbps]) * 1e3:.3f} ms"
+    )
+    assert prices[below, 0.5] == prices[below, ROUND.fresh_memory_gbps]
+    want = FRESH_MEMORY_BYTES / 0.5e9 - FRESH_MEMORY_BYTES / (ROUND.fresh_memory_gbps * 1e9)
+    assert math.isclose(extra, want, rel_tol=1e-9)
+    assert fresh_memory_seconds(FRESH_MEMORY_BYTES - 1, slow) == 0.0
+
+
 def test_workspace_bytes_by_hand():
     # Temporaries the runtime allocates besides a step's output, counted into the peak.
     sizes = {"a": 4, "b": 8, "c": 16, "T": 32, "F": 33}
@@ -426,13 +449,19 @@ def test_malformed_json_raises_value_error(neck_plan, what):
 
 
 def test_plan_differs_across_sizes():
-    """Benchmark-grid cells where the best algorithm changes with the sizes."""
+    """Sizes where the measured best algorithm changes, and the plan follows.
+
+    Measured side by side (forward plus backward, this 2-core CPU): ``dws`` at (8, 64, 1024)
+    FFT 21 ms against chunked 31 ms; at (4, 128, 16384) chunked 425 ms against FFT 635 ms
+    (its 64 MiB spectra are mapped fresh from the OS on every call, see
+    ``MachineProfile.fresh_memory_gbps``).
+    """
     pairs = {
         "neck": (
+            dict(b=8, c=64, d=64, n=4, m=16, l=16),
             dict(b=8, c=64, d=64, n=4, m=16, l=1024),
-            dict(b=32, c=32, d=32, n=4, m=8, l=2048),
         ),
-        "dws": (dict(b=8, c=64, n=16, l=1024), dict(b=32, c=32, n=8, l=2048)),
+        "dws": (dict(b=8, c=64, n=16, l=1024), dict(b=4, c=128, n=16, l=16384)),
         "s5": (dict(b=1, c=64, d=64, s=64, l=16), dict(b=8, c=64, d=64, s=64, l=1024)),
     }
     for mode, (first, second) in pairs.items():

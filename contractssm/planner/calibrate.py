@@ -15,6 +15,10 @@ on the device and dtype the plans will run on, with workloads shaped like the ex
   counting the bytes read and written.
 * ``transcendental_gelems``: complex exponentials (``runtime.cexp``) of a large tensor.
 * ``launch_us``: the fixed cost of one tiny op, Python dispatch included.
+* ``fresh_memory_gbps``: a fill of a new tensor of twice
+  :data:`~contractssm.planner.profile.FRESH_MEMORY_BYTES` against the same fill of a reused one;
+  the difference is the first-touch cost of memory mapped fresh from the OS (CPU only: CUDA's
+  caching allocator reuses its blocks).
 
 Every timing is the fastest of several repeats after a warm-up, with the problem grown until one
 call is long enough to time and capped so that the whole run stays within ``budget_s``.
@@ -32,6 +36,7 @@ import torch
 
 from contractssm.planner.cachedir import cache_dir
 from contractssm.planner.profile import (
+    FRESH_MEMORY_BYTES,
     SIZE_CLASSES,
     MachineProfile,
     default_profile,
@@ -152,6 +157,18 @@ class _Bench:
         exp = lambda e: lambda: torch.polar(torch.exp(z[:e].real), z[:e].imag)  # noqa: E731
         return 1e-9 * gbps, 1e-9 * self.rate(exp, float, self.batches(1), "exp")
 
+    def fresh_memory_gbps(self, repeats: int = 5) -> float:
+        """GB/s of first writes to memory mapped fresh (large: no such cost measured)."""
+        if self.dev.type != "cpu":
+            return 1e6
+        numel = 2 * FRESH_MEMORY_BYTES // 4
+        reused = torch.empty(numel)
+        fresh = min(self.time(lambda: torch.empty(numel).fill_(1.0)) for _ in range(repeats))
+        warm = min(self.time(lambda: reused.fill_(1.0)) for _ in range(repeats))
+        extra = fresh - warm
+        # Below a tenth of the warm fill the difference is timing noise: no fault cost.
+        return 1e6 if extra <= 0.1 * warm else 1e-9 * numel * 4 / extra
+
     def launch_us(self, loop: int = 200) -> float:
         """Microseconds per tiny op, Python dispatch included."""
         x, out = torch.ones(1, device=self.dev), torch.empty(1, device=self.dev)
@@ -191,6 +208,7 @@ def calibrate(
         elementwise_gbps=gbps,
         transcendental_gelems=gelems,
         launch_us=bench.launch_us(),
+        fresh_memory_gbps=bench.fresh_memory_gbps(),
         calibrated=True,
     )
 

@@ -334,7 +334,8 @@ def _chunked_conv(b, lay, s, u, i_u, i_k, i_z, ker, realk) -> str:
     uc = b.add("chunk", (u,), i_u + "KR", b.tensors[u].is_complex, "conv", chunk=t)
     z1 = b.contract([(tk, i_k + "RQ"), (uc, i_u + "KQ")], i_z + "KR", "conv")
     # chunk states: g[k] = sum_q a^(t-1-q) u[k, q]; carried h[k] = sum_{p<k} a^(t(k-1-p)) g[p]
-    # by a log-depth scan over chunks (memory of one state per chunk, no chunk x chunk matrix)
+    # by a scan over chunks (one state per chunk, no chunk x chunk matrix; sequential on CPUs,
+    # log-depth elsewhere: see steps.sequential_scan)
     h_axes = "".join(dict.fromkeys(i_u + lay.states))
     w_in = b.add("powers", ("A",), lay.states + "Q", True, "conv", count=t, scale=-1, offset=t - 1)
     g = b.contract([(w_in, lay.states + "Q"), (uc, i_u + "KQ")], h_axes + "K", "conv")

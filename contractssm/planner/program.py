@@ -16,7 +16,13 @@ from typing import NamedTuple
 import opt_einsum
 
 from contractssm.planner.profile import MachineProfile
-from contractssm.planner.steps import Step, reads_in_place, step_seconds
+from contractssm.planner.steps import (
+    Step,
+    fresh_memory_seconds,
+    is_view,
+    reads_in_place,
+    step_seconds,
+)
 
 #: Time-like axis letters and what they mean; every other axis is a lowercase graph index.
 TIME_AXES = "TJFWKPRQGHO"
@@ -122,10 +128,11 @@ class ProgramBuilder:
         step = Step(
             op, name, inputs, axes, is_complex, phase, equation, sorted_attrs, self.elements(axes)
         )
+        self.tensors[name] = TensorInfo(axes, is_complex)
         priced = self._prices.get(key)
         if priced is None:
             in_elems = sum(self.elements(t.axes) * (2 if t.is_complex else 1) for t in ins)
-            priced = self._prices[key] = step_seconds(
+            seconds, flops = step_seconds(
                 step,
                 self.sizes,
                 in_elems,
@@ -133,9 +140,13 @@ class ProgramBuilder:
                 self.itemsize,
                 tuple(t.is_complex for t in ins),
             )
+            # Its output and temporaries, when large enough to be mapped fresh from the OS.
+            if not is_view(step, self.sizes):
+                for nbytes in (self.nbytes(name), self.workspace_bytes(step)):
+                    seconds += fresh_memory_seconds(nbytes, self.profile)
+            priced = self._prices[key] = (seconds, flops)
         seconds, flops = priced
         self.steps.append(replace(step, flops=flops, seconds=seconds))
-        self.tensors[name] = TensorInfo(axes, is_complex)
         if self.budget is not None:
             last = self.steps[-1]
             self._total += last.seconds * (backward_factor(last) if self.backward else 1.0)

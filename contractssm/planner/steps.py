@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 from contractssm.planner.matmul import contraction_matmul
-from contractssm.planner.profile import MachineProfile, size_class
+from contractssm.planner.profile import FRESH_MEMORY_BYTES, MachineProfile, size_class
 
 #: The operations a step may perform (the code generator implements each one).
 OPS = (
@@ -26,7 +26,7 @@ OPS = (
     "real",  # out = inputs[0].real
     "add",  # out = inputs[0] + inputs[1] (either may be complex; the result is if any is)
     "powers",  # out[S.., X] = exp(A[S..] * (offset + scale * arange(count)))
-    "chunk_scan",  # out[.., K] = sum_{P < K} exp(A * scale * (K - 1 - P)) in[.., P] (log-depth)
+    "chunk_scan",  # out[.., K] = sum_{P < K} exp(A * scale * (K - 1 - P)) in[.., P] (a scan)
     "closed_form",  # out[S.., F] = (1 - a^L w^(-fL)) / (1 - a w^(-f)), w = exp(2 pi i / n)
     "hermitian",  # out[.., F'] = (in[.., f] + conj(in[.., -f])) / 2 for f <= n / 2
     "rfft",  # out[.., F] = rfft(in[.., T], n)
@@ -186,6 +186,29 @@ def reads_in_place(
     return contraction_matmul(op, equation, ("a", "b"), complex_in, sizes) is not None
 
 
+def is_view(step: Step, sizes: dict[str, int]) -> bool:
+    """Whether the runtime makes ``step`` as a view of its input (no copy, no allocation).
+
+    Merging chunks (``unchunk``, ``truncate``: flatten then slice) always is; splitting into
+    chunks is when the length is a whole number of chunks (else the end is zero-padded).
+    """
+    if step.op in ("unchunk", "truncate"):
+        return True
+    return step.op == "chunk" and sizes.get("T", 0) % step.attr("chunk") == 0
+
+
+def fresh_memory_seconds(nbytes: int, profile: MachineProfile) -> float:
+    """Seconds of first-touch page faults on an allocation of ``nbytes``.
+
+    Zero below :data:`~contractssm.planner.profile.FRESH_MEMORY_BYTES` (the heap reuses such
+    blocks); above it the allocator maps the memory fresh on every call and each page faults
+    on its first write, at ``profile.fresh_memory_gbps``.
+    """
+    if nbytes < FRESH_MEMORY_BYTES:
+        return 0.0
+    return nbytes / (profile.fresh_memory_gbps * 1e9)
+
+
 def step_seconds(
     step: Step,
     sizes: dict[str, int],
@@ -205,6 +228,8 @@ def step_seconds(
     memory_s = traffic / (profile.elementwise_gbps * 1e9)
     launch_s = profile.launch_us * 1e-6
     op = step.op
+    if is_view(step, sizes):
+        return launch_s, 0.0
     if op == "einsum_real":
         # Re(p q) = Re p Re q - Im p Im q: a real contraction with one more summed axis of 2
         # (both complex), or a real one against the complex operand's real part (mixed).
