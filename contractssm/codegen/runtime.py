@@ -144,9 +144,52 @@ def powers(rate: Tensor, count: int, scale: int, offset: int, rdt, dev) -> Tenso
     Short runs are a geometric sequence from two exponentials (the first term and the ratio);
     long runs are factorised: with ``t = fine * g + h``, ``a^(offset + scale t)`` is
     ``a^offset * a^(scale fine g) * a^(scale h)``, two short geometric runs and one complex
-    multiply per element.
+    multiply per element. The gradient is analytic (:class:`Powers`).
     """
-    if count <= FACTOR_POWERS and rate.numel() * count < GEOMETRIC_MIN_ELEMENTS:
+    if rate.requires_grad and not _one_exp(rate, count):
+        return Powers.apply(rate, count, scale, offset)
+    return _powers(rate, count, scale, offset, rdt, dev)
+
+
+def _one_exp(rate: Tensor, count: int) -> bool:
+    """Whether a run is small enough for one exp call (its autograd is two cheap ops)."""
+    return count <= FACTOR_POWERS and rate.numel() * count < GEOMETRIC_MIN_ELEMENTS
+
+
+class Powers(torch.autograd.Function):
+    """:func:`powers` with its gradient in closed form.
+
+    ``d exp(rate tau) / d rate = tau exp(rate tau)``, so (PyTorch's convention for complex
+    inputs) ``grad_rate = sum_tau tau * conj(V[tau]) * grad[tau]``: one product and a weighted
+    sum over the run. Autograd through the construction instead replays the cumulative
+    products (``cumprod``'s backward divides, flips and sums), the concatenations and the
+    polar form of every factor.
+    """
+
+    @staticmethod
+    def forward(ctx, rate: Tensor, count: int, scale: int, offset: int) -> Tensor:
+        """The run of powers; saves it for the backward."""
+        out = _powers(rate, count, scale, offset, rate.real.dtype, rate.device)
+        ctx.save_for_backward(out)
+        ctx.count, ctx.scale, ctx.offset = count, scale, offset
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        """``sum_tau tau * conj(V) * grad`` over the run."""
+        (out,) = ctx.saved_tensors
+        tau = ctx.offset + ctx.scale * torch.arange(
+            ctx.count, device=out.device, dtype=out.real.dtype
+        )
+        # (grad * conj V) against tau: one real matrix-vector product over (Re, Im) pairs.
+        pairs = torch.view_as_real(grad * out.conj()).transpose(-1, -2)  # (..., 2, count)
+        d_rate = torch.view_as_complex(torch.matmul(pairs, tau).contiguous())
+        return d_rate, None, None, None
+
+
+def _powers(rate: Tensor, count: int, scale: int, offset: int, rdt, dev) -> Tensor:
+    if _one_exp(rate, count):
         # Small: one exp call beats three ops.
         tau = offset + scale * torch.arange(count, device=dev, dtype=rdt)
         return cexp(rate.unsqueeze(-1) * tau)
