@@ -1,9 +1,21 @@
 """Test-session setup: plans and profiles go to a temporary cache, never the user's."""
 
+import importlib.util
 import os
 import tempfile
 
 import pytest
+
+
+def pytest_configure(config):
+    # Every test module imports contractssm, which needs torch: without it, say so once
+    # instead of one collection error per module.
+    if importlib.util.find_spec("torch") is None:
+        raise pytest.UsageError(
+            "torch is not installed in this Python; install the project first: "
+            "pip install torch==2.13.0 && pip install -e '.[test]' (see README, 'Install and "
+            "run the tests')"
+        )
 
 
 @pytest.fixture(autouse=True, scope="session")
