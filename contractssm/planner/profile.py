@@ -119,7 +119,7 @@ class MachineProfile:
                 transcendental_gelems=float(data["transcendental_gelems"]),
                 launch_us=float(data["launch_us"]),
                 # Profiles stored before this field existed: the built-in default.
-                fresh_memory_gbps=float(data.get("fresh_memory_gbps", 2.0)),
+                fresh_memory_gbps=float(data.get("fresh_memory_gbps", cls.fresh_memory_gbps)),
                 calibrated=bool(data.get("calibrated", False)),
             )
         except (KeyError, TypeError, ValueError) as err:

@@ -16,13 +16,7 @@ from typing import NamedTuple
 import opt_einsum
 
 from contractssm.planner.profile import MachineProfile
-from contractssm.planner.steps import (
-    Step,
-    fresh_memory_seconds,
-    is_view,
-    reads_in_place,
-    step_seconds,
-)
+from contractssm.planner.steps import Step, reads_in_place, step_seconds
 
 #: Time-like axis letters and what they mean; every other axis is a lowercase graph index.
 TIME_AXES = "TJFWKPRQGHO"
@@ -132,19 +126,15 @@ class ProgramBuilder:
         priced = self._prices.get(key)
         if priced is None:
             in_elems = sum(self.elements(t.axes) * (2 if t.is_complex else 1) for t in ins)
-            seconds, flops = step_seconds(
+            priced = self._prices[key] = step_seconds(
                 step,
                 self.sizes,
                 in_elems,
                 self.profile,
                 self.itemsize,
                 tuple(t.is_complex for t in ins),
+                self.workspace_bytes(step),
             )
-            # Its output and temporaries, when large enough to be mapped fresh from the OS.
-            if not is_view(step, self.sizes):
-                for nbytes in (self.nbytes(name), self.workspace_bytes(step)):
-                    seconds += fresh_memory_seconds(nbytes, self.profile)
-            priced = self._prices[key] = (seconds, flops)
         seconds, flops = priced
         self.steps.append(replace(step, flops=flops, seconds=seconds))
         if self.budget is not None:

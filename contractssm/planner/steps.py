@@ -216,20 +216,36 @@ def step_seconds(
     profile: MachineProfile,
     itemsize: int,
     complex_inputs: tuple[bool, ...] = (),
+    workspace_bytes: int = 0,
 ) -> tuple[float, float]:
     """Predicted forward seconds and flops of ``step``.
 
     A roofline model: every step pays the launch overhead plus the larger of its compute time
     (FLOPs at the measured rate of its kind) and its memory time (inputs and output streamed
-    at the elementwise bandwidth); transcendental work is added on top.
+    at the elementwise bandwidth); transcendental work is added on top, and so are the page
+    faults of an output or temporaries (``workspace_bytes``) mapped fresh from the OS.
     """
+    if is_view(step, sizes):
+        return profile.launch_us * 1e-6, 0.0
+    seconds, flops = _roofline(step, sizes, inputs_elements, profile, itemsize, complex_inputs)
+    for nbytes in (step.bytes(itemsize), workspace_bytes):
+        seconds += fresh_memory_seconds(nbytes, profile)
+    return seconds, flops
+
+
+def _roofline(
+    step: Step,
+    sizes: dict[str, int],
+    inputs_elements: int,
+    profile: MachineProfile,
+    itemsize: int,
+    complex_inputs: tuple[bool, ...],
+) -> tuple[float, float]:
     width = 2 if step.is_complex else 1
     traffic = (inputs_elements + step.elements * width) * itemsize
     memory_s = traffic / (profile.elementwise_gbps * 1e9)
     launch_s = profile.launch_us * 1e-6
     op = step.op
-    if is_view(step, sizes):
-        return launch_s, 0.0
     if op == "einsum_real":
         # Re(p q) = Re p Re q - Im p Im q: a real contraction with one more summed axis of 2
         # (both complex), or a real one against the complex operand's real part (mixed).
