@@ -146,6 +146,33 @@ def test_fft_conv_forward_and_gradients(equation, kernel_shape, signal_shape, ne
     )
 
 
+@pytest.mark.parametrize("shape", [(1, 5), (127, 3), (128, 9), (129, 4), (300, 257), (513, 7)])
+def test_blocked_transpose_equals_the_plain_transpose(shape):
+    m = torch.randn(*shape, dtype=torch.complex64)
+    got = rt._transposed(m)
+    assert got.is_contiguous() and got.shape == (shape[1], shape[0])
+    assert torch.equal(got, m.t())
+
+
+def test_fft_conv_with_blocked_transposes_matches_the_definition(monkeypatch):
+    # Blocks of 4 rows: the frequency-major spectra (12 and 8 rows) and the products
+    # transposed back (17 rows) all take the blocked path, with a partial last block.
+    monkeypatch.setattr(rt, "TRANSPOSE_BLOCK", 4)
+    n, length, equation = 32, 16, "bdF,adF->abF"
+    kernel = torch.randn(3, 4, length, dtype=torch.float64, requires_grad=True)
+    signal = torch.randn(2, 4, length, dtype=torch.float64, requires_grad=True)
+    plain = torch.fft.irfft(
+        torch.einsum(equation, torch.fft.rfft(kernel, n=n), torch.fft.rfft(signal, n=n)), n=n
+    )[..., :length]
+    got = rt.fft_conv(kernel, signal, equation, n, length)
+    err = (got - plain).abs().max().item()
+    print(f"blocked transposes: forward max error {err:.1e}")
+    assert err < 1e-12
+    assert torch.autograd.gradcheck(
+        lambda k, u: rt.fft_conv(k, u, equation, n, length), (kernel, signal)
+    )
+
+
 @pytest.mark.parametrize("chunks", [1, 2, 7, 8])
 def test_chunk_scan_sequential_and_parallel_agree_with_the_definition(chunks, monkeypatch):
     gen = torch.Generator().manual_seed(chunks)

@@ -326,9 +326,8 @@ def spectral_product(equation: str, p: Tensor, q: Tensor) -> Tensor:
     A product that contracts channels is one complex matmul per frequency. Read in place the
     matrices have the frequency stride, which CPU complex ``bmm`` copies one matrix at a time
     (tens of thousands of copies at 2049 frequencies); frequency-major copies of both
-    operands cost two passes instead: ~3x faster for 32 x 32 channels. The product stays
-    frequency-major, returned as a view with the frequency last: the inverse FFT reads it in
-    place faster than a transpose back followed by an FFT of contiguous lines.
+    operands cost two passes instead: ~3x faster for 32 x 32 channels. The product is
+    transposed back (see :func:`_product`).
     """
     major = sums_channels(equation)
     return _product(equation, _laid_out(p, major), _laid_out(q, major), major)
@@ -357,18 +356,45 @@ def _laid_out(spectrum: Tensor, major: bool) -> Tensor:
 
 
 def _product(equation: str, p: Tensor, q: Tensor, major: bool) -> Tensor:
-    """``einsum(equation, ...)`` of two :func:`_laid_out` spectra, frequency last (a view)."""
+    """``einsum(equation, ...)`` of two :func:`_laid_out` spectra, frequency last, contiguous.
+
+    A frequency-major product is transposed back before the inverse FFT reads it: the FFT of
+    lines strided by the channel count costs ~4x an FFT of contiguous lines (MKL c2r of a
+    (1024, 2049) spectrum: 9.6 ms strided, 2.4 ms contiguous plus 1.9 ms for the transpose).
+    """
     if major:
-        return torch.einsum(_frequency_first(equation), p, q).movedim(0, -1)
+        product = torch.einsum(_frequency_first(equation), p, q)
+        return _transposed(product.reshape(product.shape[0], -1)).reshape(
+            *product.shape[1:], product.shape[0]
+        )
     return einsum(equation, p, q)
 
 
 def _frequency_major(t: Tensor) -> Tensor:
-    """``t`` with its last (frequency) axis moved first, copied.
+    """``t`` with its last (frequency) axis moved first, copied (one 2-D transpose)."""
+    return _transposed(t.reshape(-1, t.shape[-1])).reshape(t.shape[-1], *t.shape[:-1])
 
-    As one 2-D transpose: 1.8x faster than the strided copy of ``movedim(-1, 0).contiguous()``.
+
+#: Rows per block of :func:`_transposed`: a block of 128 rows of a spectrum (~1-2 MiB) stays in
+#: cache while its columns are written out as 128-element runs.
+TRANSPOSE_BLOCK = 128
+
+
+def _transposed(m: Tensor) -> Tensor:
+    """The contiguous transpose of the 2-D ``m``, copied a block of rows at a time.
+
+    ``m.t().contiguous()`` walks the whole input once per output row; blocks of rows keep
+    the reads in cache. Measured on a 2-core EPYC, complex64: (1024, 2049) 1.95 -> 1.28 ms,
+    (512, 4097) 1.99 -> 0.98 ms, (16384, 1025) 74 -> 52 ms; FFTConv of ``full`` (32, 32, 2048)
+    forward+backward with the transposes back 67 -> 48 ms (21 interleaved rounds).
     """
-    return t.reshape(-1, t.shape[-1]).t().contiguous().reshape(t.shape[-1], *t.shape[:-1])
+    rows, cols = m.shape
+    if rows <= TRANSPOSE_BLOCK or m.requires_grad:
+        return m.t().contiguous()
+    out = torch.empty(cols, rows, dtype=m.dtype, device=m.device)
+    for start in range(0, rows, TRANSPOSE_BLOCK):
+        out[:, start : start + TRANSPOSE_BLOCK].copy_(m[start : start + TRANSPOSE_BLOCK].t())
+    return out
 
 
 class FFTConv(torch.autograd.Function):
