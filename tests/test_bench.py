@@ -128,3 +128,17 @@ def test_regret_pools_a_strategy_timed_twice():
     assert bench.strategy_regret(timed) == pytest.approx(7.5 / 7.5)
     timed["candidate_2"] = ("chunked C", 5.0)
     assert bench.strategy_regret(timed) == pytest.approx(7.5 / 5.0)
+
+
+def test_rounds_run_everyone_once_per_round_after_varied_predecessors():
+    names = ["planner", "autotuned", "candidate_1", "candidate_2", "baseline_a", "baseline_b"]
+    order = list(bench._rounds(names, 7))
+    assert [r for r, _ in order] == [r for r in range(7) for _ in names]
+    for r in range(7):
+        assert sorted(n for k, n in order if k == r) == sorted(names)
+    sequence = [n for _, n in order]
+    before_planner = {sequence[i - 1] for i in range(1, len(sequence)) if sequence[i] == "planner"}
+    print("contenders timed right before the planner:", sorted(before_planner))
+    # A rotation would give {"baseline_b"}: the planner always after the biggest freer.
+    assert len(before_planner) >= 3
+    assert order == list(bench._rounds(names, 7))  # seeded: reproducible
