@@ -18,10 +18,12 @@ from hypothesis import strategies as st
 from test_reference import graphs_and_sizes
 
 import contractssm
+from contractssm.codegen import executor as executor_module
 from contractssm.codegen.bind import canonical_args
 from contractssm.codegen.executor import executors
 from contractssm.codegen.reference import reference
 from contractssm.modes import get_graph
+from contractssm.planner import state
 from contractssm.planner.search import algorithm_options, placements, vandermonde_factor
 
 TOL64, TOL32 = 1e-9, 2e-4
@@ -282,3 +284,61 @@ def test_prepared_stream_contracts_by_matmul(mode, variant):
     ]
     print(mode, variant, sorted(constants), calls)
     assert not slow, slow
+
+
+def _forced_split(graph, sizes, strategy, state_inputs, profile, itemsize):
+    split = state.state_split(sizes[graph.time])
+    assert split is not None
+    return state._lower_stream(graph, sizes, strategy, state_inputs, profile, itemsize, split)
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_stream_with_split_state_powers_matches_the_reference(mode, monkeypatch):
+    # The state's powers as a^(N m) a^(n + 1) and a^(N (M-1-m)) a^(N-1-n) (time as (M, N)),
+    # forced for every mode: two chunks of 64 = 8 x 8 steps, from a random initial state.
+    monkeypatch.setattr(executor_module, "lower_stream", _forced_split)
+    executor_module._executors.cache_clear()
+    L, chunk = 128, 64
+    graph, sizes = sized(mode, chunk)
+    ops = random_operands(graph, {**sizes, graph.time: L}, seed=6)
+    args = canonical_args(graph, ops)
+    h0 = torch.randn(*[sizes[i] for i in graph.state_indices], 2, dtype=torch.float64)
+    y_ref, h_ref = reference_with_state(
+        graph, contractssm.plan(graph, {**sizes, graph.time: L}, dtype="float64"), ops, h0
+    )
+    ex = executors(contractssm.plan(graph, sizes, dtype="float64"))
+    assert "count=8, offset=0, scale=8" in ex.stream.split_source  # a^(8 m)
+    t_axis = graph.signal.indices.index(graph.time)
+    run, h, ys = ex.stream.prepare(*args[1:]), h0, []
+    for t in range(0, L, chunk):
+        y, h = run(args[0].narrow(t_axis, t, chunk), h)
+        ys.append(y)
+    # Differentiable through the split powers (training on a stream), against finite differences.
+    params = [a.detach().clone().requires_grad_() for a in args[1:]]
+    x0 = args[0].narrow(t_axis, 0, chunk)
+    assert torch.autograd.gradcheck(
+        lambda *p: ex.stream(x0, *p, h0)[0], params, atol=1e-6, fast_mode=True
+    )
+    executor_module._executors.cache_clear()
+    err_y = rel_err(torch.cat(ys, dim=graph.output_indices.index(graph.time)), y_ref)
+    err_h = rel_err(torch.view_as_complex(h), h_ref)
+    print(f"{mode} split state powers: output err {err_y:.2e}, state err {err_h:.2e}")
+    assert err_y <= TOL64 and err_h <= TOL64
+
+
+def test_state_split_is_offered_only_for_small_batches():
+    assert state.state_split(256) == (16, 16)
+    assert state.state_split(100) == (10, 10)
+    assert state.state_split(96) == (12, 8)
+    assert state.state_split(32) is None  # short chunks keep one table
+    assert state.state_split(127) is None  # prime: no factor of at least 4
+    profile = state.default_profile("cpu")
+
+    def split_used(batch):
+        p = contractssm.plan("dws", {"b": batch, "c": 256, "n": 16, "l": 256})
+        graph, sizes = executor_module.parse(p.declaration), dict(p.sizes)
+        b, _ = state.lower_stream(graph, sizes, p.strategy, p.state_inputs, profile, 4)
+        return any(s.op == "powers" and s.axes.endswith("M") for s in b.steps)
+
+    assert split_used(1)  # 16x smaller tables, cheaper by the cost model
+    assert not split_used(8)  # 4 x batch > fine: not offered
