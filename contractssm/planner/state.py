@@ -137,11 +137,19 @@ def _lower_stream(graph, sizes, strategy, state_inputs, profile, itemsize, split
         coarse, fine = split
         return [powers("M", coarse, fine, 0), powers("N", fine, 1, 1)]
 
-    def over_time(terms, axes: str, real: bool) -> str:
-        """Contract ``terms`` into ``axes`` (time last), through ``M, N`` when split."""
+    def over_time(terms, axes: str, real: bool, early: bool = False) -> str:
+        """Contract ``terms`` into ``axes`` (time last), through ``M, N`` when split.
+
+        ``real`` takes the real part; ``early`` takes it as early as the operands allow
+        (:meth:`ProgramBuilder.contract_real`).
+        """
+        target = axes if split is None else axes[:-1] + "MN"
+        if early:
+            t = b.contract_real(terms, target, "state")
+        else:
+            t = b.contract(terms, target, "state", real=real)
         if split is None:
-            return b.contract(terms, axes, "state", real=real)
-        t = b.contract(terms, axes[:-1] + "MN", "state", real=real)
+            return t
         return b.add("truncate", (t,), axes, b.tensors[t].is_complex, "state", length=length)
 
     # The initial state's contribution: Re sum(out-side weights * a^(t+1) * h0). When the
@@ -157,7 +165,7 @@ def _lower_stream(graph, sizes, strategy, state_inputs, profile, itemsize, split
     else:
         y0 = emit_kernel_mode(b, graph, lay, strategy)
         terms = [*grow(), ("h0", lay.state), *[(n, lay.weights[n]) for n in out_side]]
-        yh = over_time(terms, lay.output, real=True)
+        yh = over_time(terms, lay.output, real=True, early=True)
         y = b.add("add", (y0, yh), lay.output, False, "state")
     # The final state: a^L h0 + sum_j a^(L-1-j) u_j.
     u_axes = _u_axes(graph, lay, state_inputs)
