@@ -26,6 +26,7 @@ import contractssm
 from contractssm.errors import PlanError, SpecError
 from contractssm.modes import get_graph
 from contractssm.planner.api import profile_for
+from contractssm.planner.autotune import interleaved_orders
 from contractssm.planner.cache import PlanCache
 from contractssm.planner.lower import Strategy
 from contractssm.planner.plan import Plan
@@ -574,6 +575,17 @@ def test_renamed_declarations_share_one_plan():
     assert p1 == p2  # the same canonical plan; only the display names differ
     assert dict(p2.names) != dict(p1.names)
     assert "Cout" in str(p2) or "Bin" in str(p2)
+
+
+def test_autotune_orders_are_seeded_shuffles():
+    orders = interleaved_orders(4, 6)
+    assert len(orders) == 6 and all(sorted(o) == [0, 1, 2, 3] for o in orders)
+    assert orders == interleaved_orders(4, 6)  # reproducible
+    # The model's pick (0) must not always run right after the same contender.
+    before = {o[o.index(0) - 1] for o in orders if o.index(0) > 0}
+    print("contenders timed right before candidate 0:", sorted(before))
+    assert len(before) >= 2
+    assert interleaved_orders(1, 3) == [[0], [0], [0]]
 
 
 def test_autotune_times_candidates_and_persists(tmp_path):
