@@ -334,11 +334,12 @@ def test_state_split_is_offered_only_for_small_batches():
     assert state.state_split(127) is None  # prime: no factor of at least 4
     profile = state.default_profile("cpu")
 
-    def split_used(batch):
-        p = contractssm.plan("dws", {"b": batch, "c": 256, "n": 16, "l": 256})
+    def split_used(batch, channels=256):
+        p = contractssm.plan("dws", {"b": batch, "c": channels, "n": 16, "l": 256})
         graph, sizes = executor_module.parse(p.declaration), dict(p.sizes)
         b, _ = state.lower_stream(graph, sizes, p.strategy, p.state_inputs, profile, 4)
         return any(s.op == "powers" and s.axes.endswith("M") for s in b.steps)
 
-    assert split_used(1)  # 16x smaller tables, cheaper by the cost model
-    assert not split_used(8)  # 4 x batch > fine: not offered
+    assert split_used(1)  # an 8 MiB table becomes two of 0.5 MiB: cheaper by the cost model
+    assert not split_used(2)  # 16 x batch > fine: not offered
+    assert not split_used(1, channels=16)  # a 512 KiB table: not offered

@@ -82,19 +82,27 @@ def lower_stream(
     ``L / fine`` and ``fine`` entries instead, the same products in a different order: 16x
     less memory at a chunk of 256 (``dws`` at c=256, 16 states: 8 MiB per chunk). The split
     writes ``batch * L / fine`` products per state where the plain program reads ``L`` powers
-    per state, so it is offered only for batches of at most ``fine / 4``; then both programs
-    are built and the cheaper by the cost model is kept (with a few states the split only
-    adds ops). Measured per chunk of 256 (prepared stream): ``dws`` (1, 256, 16 states) 1.84
-    -> 0.78 ms; at batch 8 the split lost (``s4d`` 1.03 -> 1.16 ms, ``full`` (8, 64, 64, 16)
-    29 -> 76 ms, its products over D*C*N states per batch element a 64 MiB intermediate).
+    per state, and turns one matmul into two smaller ones: it is offered only where the table
+    is large (1 MiB or more) and the batch at most ``fine / 16`` (1 at chunks of 256); then
+    both programs are built and the cheaper by the cost model is kept. Measured per chunk of
+    256 (prepared stream, idle machine): ``dws`` (1, 256, 16 states) 1.84 -> 0.78 ms; where it
+    is not offered it lost: ``s4d`` at batch 4 (64 x 32 states) 0.74 -> 1.02 ms, ``full`` at
+    batch 8 (64 x 64 x 16 states) 29 -> 76 ms (a 64 MiB intermediate), ``neck``/``s5`` at
+    batch 1 (64 states, a 128 KiB table) 2-4% (two more ops).
     """
     plain = _lower_stream(graph, sizes, strategy, state_inputs, profile, itemsize, None)
-    split = state_split(sizes[graph.time]) if layout_of(graph).output.endswith("T") else None
+    lay = layout_of(graph)
+    split = state_split(sizes[graph.time]) if lay.output.endswith("T") else None
     batch = math.prod(sizes[i] for i in _batch_like(graph))
-    if split is None or 4 * batch > split[1]:
+    table_bytes = math.prod(sizes[a] for a in lay.states) * sizes[graph.time] * 2 * itemsize
+    if split is None or 16 * batch > split[1] or table_bytes < SPLIT_TABLE_BYTES:
         return plain
     factored = _lower_stream(graph, sizes, strategy, state_inputs, profile, itemsize, split)
     return min((plain, factored), key=lambda built: built[0].seconds(backward=False))
+
+
+#: The smallest table of state powers (bytes) for which the stream is offered the split.
+SPLIT_TABLE_BYTES = 1 << 20
 
 
 def state_split(length: int) -> tuple[int, int] | None:
