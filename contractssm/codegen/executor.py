@@ -107,7 +107,9 @@ def _executors(plan: Plan) -> Executors:
     graph = parse(plan.declaration)
     sizes = dict(plan.sizes)
     itemsize = 8 if plan.dtype == "float64" else 4
-    profile = default_profile(plan.device)  # steps are re-derived; prices do not matter here
+    # Steps are re-derived from the strategy; prices only pick the stream's form of the state
+    # powers (lower_stream), by the default profile so generation is deterministic.
+    profile = default_profile(plan.device)
     operands = tuple(op.name for op in graph.operands)
     header = f"{plan.strategy.describe()}\n{graph.to_text()}\nsizes: " + " ".join(
         f"{k}={v}" for k, v in plan.sizes
