@@ -19,8 +19,9 @@ Forward time is one training forward (inputs require grad); forward+backward add
 size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) around one forward+backward in a fresh
 subprocess per contender and case (not in ``--quick``). Step mode (batch 1 and 8) is compared
 with kernel mode on a length-1 input, and chunked streaming (chunk 256) with kernel mode on the
-same total length, both without autograd; streaming uses ``Executor.prepare`` (the
-parameter-only steps once per run, as kernel mode computes its kernel once per call).
+same total length, both without autograd and in a fresh subprocess per case; streaming uses
+``Executor.prepare`` (the parameter-only steps once per run, as kernel mode computes its
+kernel once per call).
 """
 
 from __future__ import annotations
@@ -419,13 +420,36 @@ def run_case_isolated(mode: str, sizes: dict[str, int], **options) -> dict:
     The heap a process has grown (what earlier, larger cases allocated and freed) changes
     the cost of later allocations; one process per case keeps cases from biasing each other.
     """
-    spec = json.dumps({"mode": mode, "sizes": sizes, "options": options})
-    code = "from benchmarks.bench import _case_child; _case_child()"
+    spec = {"mode": mode, "sizes": sizes, "options": options}
+    return _run_child("_case_child", spec, f"the case {mode} {sizes}")
+
+
+def _extras_child() -> None:
+    """Subprocess entry: step latency and streaming throughput of one case, as a record."""
+    spec = json.loads(sys.argv[1])
+    mode, sizes, rounds, slow_s = spec["mode"], spec["sizes"], spec["rounds"], spec["slow_s"]
+    record = {
+        "step": {f"batch_{b}": step_latency(mode, sizes, b, rounds) for b in (1, 8)},
+        "stream": stream_throughput(mode, sizes, rounds, slow_s=slow_s),
+    }
+    print(RECORD_PREFIX + json.dumps(record), flush=True)
+
+
+def _run_child(entry: str, spec: dict, what: str) -> dict:
+    """Run ``benchmarks.bench.<entry>()`` in a fresh process on ``spec``; its record.
+
+    Progress lines are relayed; the record is the line that starts with ``RECORD_PREFIX``.
+    """
+    code = f"from benchmarks.bench import {entry}; {entry}()"
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, spec], stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env
+        [sys.executable, "-c", code, json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
     )
     record = None
     for line in proc.stdout:
@@ -434,7 +458,7 @@ def run_case_isolated(mode: str, sizes: dict[str, int], **options) -> dict:
         else:
             print(line, end="", flush=True)
     if proc.wait() != 0 or record is None:
-        raise RuntimeError(f"bench: the case {mode} {sizes} failed (exit {proc.returncode})")
+        raise RuntimeError(f"bench: {what} failed (exit {proc.returncode})")
     return record
 
 
@@ -541,8 +565,11 @@ def run_case(
             record[name]["peak_mib"] = peak_memory(mode, sizes, kind, plan)
         record["memory_method"] = MEMORY_NOTE
     if extras:
-        record["step"] = {f"batch_{b}": step_latency(mode, sizes, b, rounds) for b in (1, 8)}
-        record["stream"] = stream_throughput(mode, sizes, rounds, slow_s=slow_s)
+        # In a fresh process, like peak memory: streaming's many small allocations read
+        # slower in a heap the contenders above (baseline B's gigabytes) grew and freed,
+        # unlike any inference loop (20 vs 23 of 30 cells at half the kernel throughput).
+        spec = {"mode": mode, "sizes": sizes, "rounds": rounds, "slow_s": slow_s}
+        record.update(_run_child("_extras_child", spec, f"step/stream of {mode} {sizes}"))
     return record
 
 
