@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -197,3 +199,21 @@ def test_chunk_scan_sequential_and_parallel_agree_with_the_definition(chunks, mo
             lambda r, s: rt.chunk_scan(r[None], s, 4),
             (rate.clone().requires_grad_(), states.clone().requires_grad_()),
         )
+
+
+@pytest.mark.parametrize("shape, count", [((3, 4), 256), ((2, 3, 5), 100), ((4,), 65), ((2, 2), 8)])
+def test_powers_laid_out_equals_the_permuted_powers(shape, count):
+    gen = torch.Generator().manual_seed(count)
+    rate = torch.complex(
+        -0.1 * torch.rand(shape, dtype=torch.float64, generator=gen),
+        torch.randn(shape, dtype=torch.float64, generator=gen),
+    )
+    plain = rt.powers(rate, count, 2, 3, torch.float64, "cpu")
+    worst = 0.0
+    for order in itertools.permutations(range(len(shape) + 1)):
+        got = rt.powers_laid_out(rate, count, 2, 3, torch.float64, "cpu", order)
+        want = plain.permute(order)
+        assert got.is_contiguous() and got.shape == want.shape, order
+        worst = max(worst, (got - want).abs().max().item())
+    print(f"{shape} x {count}: worst error over every order {worst:.1e}")
+    assert worst < 1e-12

@@ -106,7 +106,13 @@ def _emit(step: Step, axes: dict[str, str], sizes, cplx: dict[str, bool]) -> lis
     if op == "add":
         return [f"{out} = {ins[0]} + {ins[1]}"]
     if op == "powers":
-        return [f"{out} = rt.powers({ins[0]}, {a['count']}, {a['scale']}, {a['offset']}, rdt, dev)"]
+        call = f"{ins[0]}, {a['count']}, {a['scale']}, {a['offset']}, rdt, dev"
+        count_axis = next(x for x in step.axes if x not in axes[ins[0]])
+        natural = axes[ins[0]] + count_axis
+        if step.axes != natural:  # a hoisted table laid out for its readers
+            order = tuple(natural.index(x) for x in step.axes)
+            return [f"{out} = rt.powers_laid_out({call}, {order})"]
+        return [f"{out} = rt.powers({call})"]
     if op == "chunk_scan":
         return [
             f"{out} = rt.chunk_scan({_broadcast(ins[0], axes[ins[0]], step.axes[:-1])}, "

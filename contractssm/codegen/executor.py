@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import linecache
 from dataclasses import dataclass
@@ -224,6 +225,18 @@ def _split_source(name, params, builder, outputs, plan: Plan, complex_inputs) ->
     layouts = choose_layouts(var_steps, free, outputs, axes, cplx, builder.sizes)
     var_steps = tuple(relabelled(st, layouts) for st in var_steps)
     apply_axes = {**axes, **layouts}
+    # A hoisted table of powers read only per chunk is computed in its readers' order
+    # (rt.powers_laid_out) instead of copied into it after.
+    read_by_constants = {i for st in const_steps for i in st.inputs}
+    laid_out = {
+        st.output
+        for st in const_steps
+        if st.op == "powers" and st.output in layouts and st.output not in read_by_constants
+    }
+    const_steps = tuple(
+        dataclasses.replace(st, axes=layouts[st.output]) if st.output in laid_out else st
+        for st in const_steps
+    )
     const_src = emit_function(
         f"_{name}_constants_body",
         weights,
@@ -248,12 +261,12 @@ def _split_source(name, params, builder, outputs, plan: Plan, complex_inputs) ->
     lines.append("    with torch.autocast(" + weights[0] + ".device.type, enabled=False):")
     lines += [_converted(p, dtype, complex_inputs) for p in weights]
     made = f"_{name}_constants_body({', '.join(weights)})"
-    if any(c in layouts for c in needed):
+    if any(c in layouts and c not in laid_out for c in needed):
         # Hoisted constants are stored in the memory order their readers' matmuls want.
         lines.append(f"        c = {made}")
         parts = []
         for k, c in enumerate(needed):
-            if c in layouts:  # computed once per stream, copied once into the order read
+            if c in layouts and c not in laid_out:  # computed once, copied into that order
                 perm = ", ".join(str(axes[c].index(a)) for a in layouts[c])
                 parts.append(f"c[{k}].permute({perm}).contiguous()")
             else:
