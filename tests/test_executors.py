@@ -298,32 +298,48 @@ def test_stream_with_split_state_powers_matches_the_reference(mode, monkeypatch)
     # forced for every mode: two chunks of 64 = 8 x 8 steps, from a random initial state.
     monkeypatch.setattr(executor_module, "lower_stream", _forced_split)
     executor_module._executors.cache_clear()
-    L, chunk = 128, 64
+    chunk = 64
+    run = _run_prepared_stream(mode, 128, chunk, seed=6)
+    executor_module._executors.cache_clear()
+    print(f"{mode} split state powers: output err {run.err_y:.2e}, state err {run.err_h:.2e}")
+    assert "count=8, offset=0, scale=8" in run.ex.stream.split_source  # a^(8 m)
+    assert run.err_y <= TOL64 and run.err_h <= TOL64
+    # Differentiable through the split powers (training on a stream), against finite differences.
+    params = [a.detach().clone().requires_grad_() for a in run.args[1:]]
+    x0 = run.args[0].narrow(run.t_axis, 0, chunk)
+    assert torch.autograd.gradcheck(
+        lambda *p: run.ex.stream(x0, *p, run.h0)[0], params, atol=1e-6, fast_mode=True
+    )
+
+
+@dataclasses.dataclass
+class _StreamRun:
+    ex: object
+    args: tuple
+    h0: torch.Tensor
+    t_axis: int
+    err_y: float
+    err_h: float
+
+
+def _run_prepared_stream(mode: str, length: int, chunk: int, seed: int) -> _StreamRun:
+    """A prepared stream of ``chunk``-step chunks from a random state, against the reference."""
     graph, sizes = sized(mode, chunk)
-    ops = random_operands(graph, {**sizes, graph.time: L}, seed=6)
+    ops = random_operands(graph, {**sizes, graph.time: length}, seed=seed)
     args = canonical_args(graph, ops)
     h0 = torch.randn(*[sizes[i] for i in graph.state_indices], 2, dtype=torch.float64)
     y_ref, h_ref = reference_with_state(
-        graph, contractssm.plan(graph, {**sizes, graph.time: L}, dtype="float64"), ops, h0
+        graph, contractssm.plan(graph, {**sizes, graph.time: length}, dtype="float64"), ops, h0
     )
     ex = executors(contractssm.plan(graph, sizes, dtype="float64"))
-    assert "count=8, offset=0, scale=8" in ex.stream.split_source  # a^(8 m)
     t_axis = graph.signal.indices.index(graph.time)
     run, h, ys = ex.stream.prepare(*args[1:]), h0, []
-    for t in range(0, L, chunk):
+    for t in range(0, length, chunk):
         y, h = run(args[0].narrow(t_axis, t, chunk), h)
         ys.append(y)
-    # Differentiable through the split powers (training on a stream), against finite differences.
-    params = [a.detach().clone().requires_grad_() for a in args[1:]]
-    x0 = args[0].narrow(t_axis, 0, chunk)
-    assert torch.autograd.gradcheck(
-        lambda *p: ex.stream(x0, *p, h0)[0], params, atol=1e-6, fast_mode=True
-    )
-    executor_module._executors.cache_clear()
     err_y = rel_err(torch.cat(ys, dim=graph.output_indices.index(graph.time)), y_ref)
     err_h = rel_err(torch.view_as_complex(h), h_ref)
-    print(f"{mode} split state powers: output err {err_y:.2e}, state err {err_h:.2e}")
-    assert err_y <= TOL64 and err_h <= TOL64
+    return _StreamRun(ex, args, h0, t_axis, err_y, err_h)
 
 
 def test_state_split_is_offered_only_for_small_batches():
@@ -349,24 +365,9 @@ def test_state_split_is_offered_only_for_small_batches():
 def test_prepared_stream_with_tables_laid_out_for_their_readers(mode):
     # Chunks of 128 steps: the hoisted powers are factorised runs, computed straight into
     # the order the per-chunk matmuls read them (rt.powers_laid_out) where that differs.
-    L, chunk = 256, 128
-    graph, sizes = sized(mode, chunk)
-    ops = random_operands(graph, {**sizes, graph.time: L}, seed=8)
-    args = canonical_args(graph, ops)
-    h0 = torch.randn(*[sizes[i] for i in graph.state_indices], 2, dtype=torch.float64)
-    y_ref, h_ref = reference_with_state(
-        graph, contractssm.plan(graph, {**sizes, graph.time: L}, dtype="float64"), ops, h0
-    )
-    ex = executors(contractssm.plan(graph, sizes, dtype="float64"))
-    t_axis = graph.signal.indices.index(graph.time)
-    run, h, ys = ex.stream.prepare(*args[1:]), h0, []
-    for t in range(0, L, chunk):
-        y, h = run(args[0].narrow(t_axis, t, chunk), h)
-        ys.append(y)
-    err_y = rel_err(torch.cat(ys, dim=graph.output_indices.index(graph.time)), y_ref)
-    err_h = rel_err(torch.view_as_complex(h), h_ref)
-    laid_out = "rt.powers_laid_out" in ex.stream.split_source
-    print(f"{mode}: laid out in place: {laid_out}; output err {err_y:.2e}, state err {err_h:.2e}")
-    assert err_y <= TOL64 and err_h <= TOL64
+    run = _run_prepared_stream(mode, 256, 128, seed=8)
+    laid_out = "rt.powers_laid_out" in run.ex.stream.split_source
+    print(f"{mode}: laid out: {laid_out}; output err {run.err_y:.2e}, state err {run.err_h:.2e}")
+    assert run.err_y <= TOL64 and run.err_h <= TOL64
     if mode in ("dws", "full", "s4d"):  # their readers want the time axis moved
         assert laid_out

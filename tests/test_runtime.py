@@ -133,15 +133,19 @@ def test_einsum_summing_a_length_one_axis_is_a_broadcast_product():
 )
 @pytest.mark.parametrize("needs", [(True, True), (False, True), (True, False)])
 def test_fft_conv_forward_and_gradients(equation, kernel_shape, signal_shape, needs):
-    n, length = 16, 7
     kernel = torch.randn(kernel_shape, dtype=torch.float64, requires_grad=needs[0])
     signal = torch.randn(signal_shape, dtype=torch.float64, requires_grad=needs[1])
+    _check_fft_conv(kernel, signal, equation, 16, 7)
+
+
+def _check_fft_conv(kernel, signal, equation, n, length):
+    """FFTConv against plain rfft/einsum/irfft (printed error) and finite differences."""
     plain = torch.fft.irfft(
         torch.einsum(equation, torch.fft.rfft(kernel, n=n), torch.fft.rfft(signal, n=n)), n=n
     )[..., :length]
     got = rt.fft_conv(kernel, signal, equation, n, length)
     err = (got - plain).abs().max().item()
-    print(f"{equation}: forward max error {err:.1e}")
+    print(f"{equation} n={n}: forward max error {err:.1e}")
     assert err < 1e-12
     assert torch.autograd.gradcheck(
         lambda k, u: rt.fft_conv(k, u, equation, n, length), (kernel, signal)
@@ -160,19 +164,9 @@ def test_fft_conv_with_blocked_transposes_matches_the_definition(monkeypatch):
     # Blocks of 4 rows: the frequency-major spectra (12 and 8 rows) and the products
     # transposed back (17 rows) all take the blocked path, with a partial last block.
     monkeypatch.setattr(rt, "TRANSPOSE_BLOCK", 4)
-    n, length, equation = 32, 16, "bdF,adF->abF"
-    kernel = torch.randn(3, 4, length, dtype=torch.float64, requires_grad=True)
-    signal = torch.randn(2, 4, length, dtype=torch.float64, requires_grad=True)
-    plain = torch.fft.irfft(
-        torch.einsum(equation, torch.fft.rfft(kernel, n=n), torch.fft.rfft(signal, n=n)), n=n
-    )[..., :length]
-    got = rt.fft_conv(kernel, signal, equation, n, length)
-    err = (got - plain).abs().max().item()
-    print(f"blocked transposes: forward max error {err:.1e}")
-    assert err < 1e-12
-    assert torch.autograd.gradcheck(
-        lambda k, u: rt.fft_conv(k, u, equation, n, length), (kernel, signal)
-    )
+    kernel = torch.randn(3, 4, 16, dtype=torch.float64, requires_grad=True)
+    signal = torch.randn(2, 4, 16, dtype=torch.float64, requires_grad=True)
+    _check_fft_conv(kernel, signal, "bdF,adF->abF", 32, 16)
 
 
 @pytest.mark.parametrize("chunks", [1, 2, 7, 8])

@@ -162,16 +162,14 @@ def powers_laid_out(
     ``full`` (8, 64, 64, 16) stream at chunks of 256, prepare 253 -> 136 ms.
     Small runs (one exp, or one geometric sequence) are computed and copied as before.
     """
-    if _one_exp(rate, count) or count <= FACTOR_POWERS:
+    if count <= FACTOR_POWERS:
         return powers(rate, count, scale, offset, rdt, dev).permute(order).contiguous()
-    coarse, fine = powers_split(count)
-    start = cexp(rate * offset).unsqueeze(-1)
-    outer = (start * _geometric(cexp(rate * (scale * fine)), coarse)).unsqueeze(-1)
-    inner = _geometric(cexp(rate * scale), fine).unsqueeze(-2)
+    outer, inner = _factors(rate, count, scale, offset)
+    coarse, fine = outer.shape[-2], inner.shape[-1]
     # The count axis (last, index ndim-1) becomes (coarse, fine) at its place in `order`.
     last = rate.dim()
     split = [a for i in order for a in ((last, last + 1) if i == last else (i,))]
-    shape = [(*outer.shape[:-2], coarse, fine)[a] for a in split]
+    shape = [(*rate.shape, coarse, fine)[a] for a in split]
     out = torch.empty(shape, dtype=outer.dtype, device=outer.device)
     torch.mul(outer.permute(split), inner.permute(split), out=out)
     at = order.index(last)
@@ -221,14 +219,22 @@ def _powers(rate: Tensor, count: int, scale: int, offset: int, rdt, dev) -> Tens
         # Small: one exp call beats three ops.
         tau = offset + scale * torch.arange(count, device=dev, dtype=rdt)
         return cexp(rate.unsqueeze(-1) * tau)
-    start = cexp(rate * offset).unsqueeze(-1)
     if count <= FACTOR_POWERS:
-        return start * _geometric(cexp(rate * scale), count)
+        return cexp(rate * offset).unsqueeze(-1) * _geometric(cexp(rate * scale), count)
+    outer, inner = _factors(rate, count, scale, offset)
+    return (outer * inner).flatten(-2)[..., :count]
+
+
+def _factors(rate: Tensor, count: int, scale: int, offset: int) -> tuple[Tensor, Tensor]:
+    """The two runs of a factorised ``a^(offset + scale t)``, ``t = fine g + h``.
+
+    ``(..., coarse, 1)`` holding ``a^(offset + scale fine g)`` and ``(..., 1, fine)`` holding
+    ``a^(scale h)``: their broadcast product is the run, ``coarse * fine >= count`` long.
+    """
     coarse, fine = powers_split(count)
-    outer = (start * _geometric(cexp(rate * (scale * fine)), coarse)).unsqueeze(-1) * (
-        _geometric(cexp(rate * scale), fine)[..., None, :]
-    )
-    return outer.flatten(-2)[..., :count]
+    start = cexp(rate * offset).unsqueeze(-1)
+    outer = start * _geometric(cexp(rate * (scale * fine)), coarse)
+    return outer.unsqueeze(-1), _geometric(cexp(rate * scale), fine).unsqueeze(-2)
 
 
 def chunk_scan(rate: Tensor, states: Tensor, chunk: int) -> Tensor:
