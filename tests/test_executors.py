@@ -371,3 +371,37 @@ def test_prepared_stream_with_tables_laid_out_for_their_readers(mode):
     assert run.err_y <= TOL64 and run.err_h <= TOL64
     if mode in ("dws", "full", "s4d"):  # their readers want the time axis moved
         assert laid_out
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_float32_stream_of_fast_decays_matches_the_reference(mode):
+    # Rates down to exp(-3) per step, chunks of 256: the state's fade a^(255 - t) underflows
+    # float32 at its start; built from growing factors it overflowed and the state was NaN.
+    graph, sizes = sized(mode, 256)
+    length = 512
+    ops = random_operands(graph, {**sizes, graph.time: length}, seed=9)
+    gen = torch.Generator().manual_seed(9)
+    rate = ops[graph.recurrence.name]
+    ops[graph.recurrence.name] = torch.complex(
+        -(0.05 + 2.95 * torch.rand(rate.shape, generator=gen, dtype=torch.float64)), rate.imag
+    )
+    y_ref, h_ref = reference_with_state(
+        graph, contractssm.plan(graph, {**sizes, graph.time: length}, dtype="float64"), ops
+    )
+    args = [
+        a.to(torch.complex64 if a.is_complex() else torch.float32)
+        for a in canonical_args(graph, ops)
+    ]
+    p = contractssm.plan(graph, sizes)
+    t_axis = graph.signal.indices.index(graph.time)
+    run = executors(p).stream.prepare(*args[1:])
+    h = torch.zeros(*[sizes[i] for i in graph.state_indices], 2)
+    ys = []
+    for t in range(0, length, 256):
+        y, h = run(args[0].narrow(t_axis, t, 256), h)
+        ys.append(y)
+    y = torch.cat(ys, dim=graph.output_indices.index(graph.time))
+    err_y, err_h = rel_err(y, y_ref), rel_err(torch.view_as_complex(h), h_ref)
+    print(f"{mode}: output err {err_y:.2e}, state err {err_h:.2e}")
+    assert y.isfinite().all() and h.isfinite().all()
+    assert err_y <= 1e-4 and err_h <= 1e-4

@@ -103,6 +103,46 @@ def test_powers_values_and_analytic_gradient(shape, count, scale, offset):
     assert plain.grad_fn is None and torch.equal(plain, out.detach())
 
 
+@pytest.mark.parametrize(
+    ("count", "scale", "offset"),
+    [
+        (64, -1, 63),  # one geometric run
+        (256, -1, 255),  # factorised, coarse * fine == count (a stream's fade at chunk 256)
+        (300, -1, 299),  # factorised with padding
+        (4096, -1, 4095),
+        (16, -16, 240),  # a split stream's coarse fade
+        (100, -1, 120),  # falling but never reaching a^0
+    ],
+)
+def test_falling_powers_of_fast_decays_stay_finite_in_float32(count, scale, offset):
+    # Decays down to exp(-3) per step: a^(offset) underflows float32 while the growing
+    # factor a^(-(count - 1)) a forwards construction would multiply it by overflows. 64 x 32
+    # states: enough that short runs take the geometric sequence, not one exp call.
+    gen = torch.Generator().manual_seed(count)
+    shape = (64, 32)
+    rate = torch.complex(
+        -3 * torch.rand(shape, generator=gen), 2 * torch.randn(shape, generator=gen)
+    )
+    tau = offset + scale * torch.arange(count, dtype=torch.float64)
+    want = torch.exp(rate.to(torch.complex128)[..., None] * tau)
+    runs = {
+        "powers": rt.powers(rate, count, scale, offset, torch.float32, "cpu"),
+        "laid out": rt.powers_laid_out(
+            rate, count, scale, offset, torch.float32, "cpu", (2, 0, 1)
+        ).permute(1, 2, 0),
+        "with a gradient": rt.powers(
+            rate.requires_grad_(), count, scale, offset, torch.float32, "cpu"
+        ),
+    }
+    for name, got in runs.items():
+        err = (got - want).abs().max().item()
+        print(
+            f"{name} {count} x a^({offset} {scale:+d} t): "
+            f"finite {got.isfinite().all().item()}, max error {err:.1e}"
+        )
+        assert got.isfinite().all() and err < 1e-5
+
+
 def test_einsum_summing_a_length_one_axis_is_a_broadcast_product():
     # A one-step decay (e, f, O) with O of length 1 against a state (a, e, f).
     decay = torch.randn(4, 3, 1, dtype=torch.complex128, requires_grad=True)

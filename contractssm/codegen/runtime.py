@@ -164,7 +164,7 @@ def powers_laid_out(
     """
     if count <= FACTOR_POWERS:
         return powers(rate, count, scale, offset, rdt, dev).permute(order).contiguous()
-    outer, inner = _factors(rate, count, scale, offset)
+    outer, inner, start = _factors(rate, count, scale, offset)
     coarse, fine = outer.shape[-2], inner.shape[-1]
     # The count axis (last, index ndim-1) becomes (coarse, fine) at its place in `order`.
     last = rate.dim()
@@ -174,7 +174,7 @@ def powers_laid_out(
     torch.mul(outer.permute(split), inner.permute(split), out=out)
     at = order.index(last)
     out = out.flatten(at, at + 1)
-    return out if coarse * fine == count else out.narrow(at, 0, count).contiguous()
+    return out if coarse * fine == count else out.narrow(at, start, count).contiguous()
 
 
 def _one_exp(rate: Tensor, count: int) -> bool:
@@ -220,21 +220,36 @@ def _powers(rate: Tensor, count: int, scale: int, offset: int, rdt, dev) -> Tens
         tau = offset + scale * torch.arange(count, device=dev, dtype=rdt)
         return cexp(rate.unsqueeze(-1) * tau)
     if count <= FACTOR_POWERS:
+        if scale < 0:  # a falling run is the rising one from its last exponent, reversed
+            return _powers(rate, count, -scale, offset + scale * (count - 1), rdt, dev).flip(-1)
         return cexp(rate * offset).unsqueeze(-1) * _geometric(cexp(rate * scale), count)
-    outer, inner = _factors(rate, count, scale, offset)
-    return (outer * inner).flatten(-2)[..., :count]
+    outer, inner, start = _factors(rate, count, scale, offset)
+    return (outer * inner).flatten(-2)[..., start : start + count]
 
 
-def _factors(rate: Tensor, count: int, scale: int, offset: int) -> tuple[Tensor, Tensor]:
-    """The two runs of a factorised ``a^(offset + scale t)``, ``t = fine g + h``.
+def _factors(rate: Tensor, count: int, scale: int, offset: int) -> tuple[Tensor, Tensor, int]:
+    """The two runs of a factorised ``a^(offset + scale t)``, and where the run starts.
 
-    ``(..., coarse, 1)`` holding ``a^(offset + scale fine g)`` and ``(..., 1, fine)`` holding
-    ``a^(scale h)``: their broadcast product is the run, ``coarse * fine >= count`` long.
+    ``(..., coarse, 1)`` and ``(..., 1, fine)`` tensors whose broadcast product, flattened, holds
+    the run at ``[start, start + count)`` (``coarse * fine >= count``). Both factors are
+    decaying geometric runs (exponents >= 0 wherever the run's are): a rising run
+    (``scale >= 0``) is ``a^(offset + scale fine g) * a^(scale h)`` with ``t = fine g + h``
+    (``start`` 0, the padding at the end); a falling one is read backwards from its smallest
+    exponent, ``base = offset + scale (count - 1)``: ``a^(base + |scale| (fine (coarse - 1 - g)
+    + fine - 1 - h))``, both factors reversed and the padding in front. Built forwards, a
+    falling run's factors would grow: ``a^(-16 * 15)`` overflows float32 once ``Re(rate) <
+    -0.37`` while every product is at most 1 (inf * 0 = NaN in the stream's state powers).
     """
     coarse, fine = powers_split(count)
-    start = cexp(rate * offset).unsqueeze(-1)
-    outer = start * _geometric(cexp(rate * (scale * fine)), coarse)
-    return outer.unsqueeze(-1), _geometric(cexp(rate * scale), fine).unsqueeze(-2)
+    if scale >= 0:
+        first, step, start = offset, scale, 0
+    else:
+        first, step, start = offset + scale * (count - 1), -scale, coarse * fine - count
+    outer = cexp(rate * first).unsqueeze(-1) * _geometric(cexp(rate * (step * fine)), coarse)
+    inner = _geometric(cexp(rate * step), fine)
+    if scale < 0:
+        outer, inner = outer.flip(-1), inner.flip(-1)
+    return outer.unsqueeze(-1), inner.unsqueeze(-2), start
 
 
 def chunk_scan(rate: Tensor, states: Tensor, chunk: int) -> Tensor:
