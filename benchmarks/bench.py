@@ -171,24 +171,33 @@ def time_interleaved(
 ) -> dict[str, dict[str, float]]:
     """Median forward and forward+backward milliseconds of each contender, interleaved.
 
-    Every contender runs one forward+backward to warm up; then each round runs every
-    contender's forward and forward+backward in turn. A contender whose warm-up exceeds
-    ``slow_s`` seconds runs in the first round only (one forward, one forward+backward).
+    Every contender runs one forward+backward to warm up, its output compared with the first
+    contender's (``max_rel_diff``; over :data:`AGREEMENT_TOL` the case fails); then each round
+    runs every contender's forward and forward+backward in turn. A contender whose warm-up
+    exceeds ``slow_s`` seconds runs in the first round only (one forward, one
+    forward+backward).
     """
     fwd: dict[str, list[float]] = {k: [] for k in fns}
     both: dict[str, list[float]] = {k: [] for k in fns}
     slow = set()
+    first = None
+    errors: dict[str, float] = {}
     for name, fn in fns.items():
         start = time.perf_counter()
-        fn().sum().backward()
+        y = fn()
+        y.sum().backward()
         took = time.perf_counter() - start
         _clear_grads(ops)
+        first = y.detach() if first is None else first
+        errors[name] = disagreement(y, first)
+        del y
         if took > slow_s:
             slow.add(name)
         log(
             f"    warm-up {name:24s} {took * 1e3:9.1f} ms"
             + (" (slow: one round)" * (took > slow_s))
         )
+    _check_agreement(errors, f"{next(iter(fns))} against the other contenders")
     for r, name in _rounds(list(fns), rounds):
         if r and name in slow:
             continue
@@ -205,9 +214,34 @@ def time_interleaved(
             "forward_ms": statistics.median(fwd[k]) * 1e3,
             "fwdbwd_ms": statistics.median(both[k]) * 1e3,
             "samples": len(both[k]),
+            "max_rel_diff": errors[k],
         }
         for k in fns
     }
+
+
+#: The largest disagreement (:func:`disagreement`) with the planner's output a contender may show:
+#: a timing of wrong (or non-finite) results is void. Float32 FFT against time-domain
+#: evaluations of the grid differ by ~1e-6 to 1e-5.
+AGREEMENT_TOL = 1e-3
+
+
+def disagreement(y: torch.Tensor, ref: torch.Tensor) -> float:
+    """``max |y - ref| / max |ref|``; infinite where either holds a NaN or an infinity."""
+    y, ref = y.detach(), ref.detach()
+    if not (torch.isfinite(y).all() and torch.isfinite(ref).all()):
+        return math.inf
+    return float((y - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+
+
+def _check_agreement(errors: dict[str, float], what: str) -> None:
+    """Raise (the case fails) when any contender's output disagrees with the reference's."""
+    bad = {k: v for k, v in errors.items() if not v <= AGREEMENT_TOL}
+    if bad:
+        listed = ", ".join(f"{k} {v:.1e}" for k, v in bad.items())
+        raise RuntimeError(
+            f"bench: {what}: outputs disagree (tolerance {AGREEMENT_TOL:g}): {listed}"
+        )
 
 
 def _median_call(
@@ -246,6 +280,10 @@ def step_latency(mode: str, sizes: dict[str, int], batch: int, rounds: int) -> d
     x_t = args[0].select(graph.signal.indices.index(graph.time), 0)
     h0 = torch.zeros(state_shape(plan))
     with torch.no_grad():
+        y_step, h = ex.step(x_t, *args[1:], h0)
+        y_kernel = ex.kernel(*args).select(graph.output_indices.index(graph.time), 0)
+        err = max(disagreement(y_step, y_kernel), disagreement(h, h))
+        _check_agreement({"step": err}, f"step of {mode} against kernel mode at length 1")
         t = _median_call(
             {
                 "step": lambda: ex.step(x_t, *args[1:], h0),
@@ -254,7 +292,7 @@ def step_latency(mode: str, sizes: dict[str, int], batch: int, rounds: int) -> d
             rounds,
             reps=50,
         )
-    return {"step_ms": t["step"] * 1e3, "kernel_l1_ms": t["kernel_l1"] * 1e3}
+    return {"step_ms": t["step"] * 1e3, "kernel_l1_ms": t["kernel_l1"] * 1e3, "max_rel_diff": err}
 
 
 def stream_throughput(
@@ -285,15 +323,21 @@ def stream_throughput(
         for xc in chunks:
             y, h = run(xc, h)
             ys.append(y)
-        return ys
+        return ys, h
 
     with torch.no_grad():
         t = _median_call({"stream": run_stream, "kernel": lambda: kernel(*args)}, rounds, 1, slow_s)
+        # What was timed computes the kernel's output and a finite final state.
+        ys, h = run_stream()
+        y = torch.cat(ys, dim=graph.output_indices.index(graph.time))
+        err = max(disagreement(y, kernel(*args)), disagreement(h, h))
+        _check_agreement({"stream": err}, f"stream of {mode} against kernel mode")
     tokens = sizes[graph.signal.indices[0]] * length
     return {
         "chunk": chunk,
         "stream_tokens_per_s": tokens / t["stream"],
         "kernel_tokens_per_s": tokens / t["kernel"],
+        "max_rel_diff": err,
     }
 
 

@@ -90,10 +90,29 @@ def test_harness_smoke(tmp_path, capsys):
     assert record["regret"] >= 1 - 1e-9
     assert record["step"]["batch_1"]["step_ms"] > 0
     assert record["stream"]["stream_tokens_per_s"] > 0
+    # Every timed output agreed with the planner's (the stream's and step's with kernel mode).
+    agreement = {
+        **{n: record[n]["max_rel_diff"] for n in ("planner", "baseline_a", "baseline_b")},
+        "stream": record["stream"]["max_rel_diff"],
+        "step": record["step"]["batch_1"]["max_rel_diff"],
+    }
+    print("disagreement with the planner:", agreement)
+    assert record["planner"]["max_rel_diff"] == 0
+    assert all(v <= bench.AGREEMENT_TOL for v in agreement.values())
     table = bench.markdown_table([record])
     assert "| neck |" in table
     out.write_text(json.dumps({"cases": [record]}))
     assert json.loads(out.read_text())["cases"][0]["mode"] == "neck"
+
+
+def test_a_contender_with_wrong_or_nan_output_fails_the_case():
+    ops = {"x": torch.randn(3, 5, requires_grad=True)}
+    right = {"planner": lambda: ops["x"] * 2, "same": lambda: ops["x"] * 2}
+    times = bench.time_interleaved(right, ops, rounds=1, log=lambda s: None)
+    assert times["same"]["max_rel_diff"] == 0
+    for wrong in (lambda: ops["x"] * 2.01, lambda: ops["x"] * float("nan")):
+        with pytest.raises(RuntimeError, match="disagree"):
+            bench.time_interleaved({**right, "wrong": wrong}, ops, rounds=1, log=lambda s: None)
 
 
 def test_main_writes_json(tmp_path, monkeypatch):
