@@ -118,3 +118,34 @@ def test_chunked_state_products_are_matmuls():
     assert mixed is not None and "rt.bmm" in mixed and "view_as_complex" in mixed
     real_part = realified_expression("einsum_real", "eR,aeK->aeKR", ("p", "h"), (True, True), sizes)
     assert real_part is not None and "rt.stack_conj_parts(p)" in real_part
+
+
+def test_a_narrow_result_is_computed_as_the_transposed_product():
+    # A chunk's Toeplitz (e, T, J) against one signal row per channel: (4, 256, 256) @ (4, 256,
+    # 1) is ~10x slower on CPU than (4, 1, 256) @ (4, 256, 256)^T, the same numbers.
+    one = {"a": 1, "e": 4, "T": 256, "J": 256}
+    assert matmul_expression("eTJ,aeJ->aeT", "t", "u", one) == (
+        "torch.matmul(u.reshape(1, 4, 1, 256), t.reshape(1, 4, 256, 256).transpose(-1, -2))"
+        ".reshape((1, 4, 256))"
+    )
+    # Eight columns: still narrow, the transposed product permuted back (a small copy).
+    expr = matmul_expression("eTJ,aeJ->aeT", "t", "u", {**one, "a": 8})
+    assert expr.startswith("torch.matmul(u.") and expr.endswith(".permute(1, 0, 2)")
+    # 32 columns: as it lies.
+    assert matmul_expression("eTJ,aeJ->aeT", "t", "u", {**one, "a": 32}).startswith(
+        "torch.matmul(t."
+    )
+    # One unbatched matrix-vector product stays one (torch's mv is fast either way).
+    assert matmul_expression("TJ,J->T", "t", "u", {"T": 256, "J": 256}) == (
+        "torch.matmul(t.reshape(256, 256), u.reshape(256, 1)).reshape((256,))"
+    )
+    x = {"t": torch.randn(4, 256, 256, dtype=torch.float64)}
+    for a in (1, 8, 32):
+        u = torch.randn(a, 4, 256, dtype=torch.float64)
+        got = eval(
+            matmul_expression("eTJ,aeJ->aeT", "t", "u", {**one, "a": a}),
+            {"torch": torch, "t": x["t"], "u": u},
+        )
+        err = (got - torch.einsum("eTJ,aeJ->aeT", x["t"], u)).abs().max().item()
+        print(f"batch {a}: max error {err:.1e}")
+        assert err < 1e-12

@@ -71,14 +71,14 @@ def choose_layouts(
         and all(_reads_as_declared(st, t, axes) for st in readers[t])
     }
 
-    def score(st: Step, layouts: dict[str, str]) -> tuple[int, int, int]:
+    def score(st: Step, layouts: dict[str, str]) -> tuple[int, int, int, int]:
         eq = relabelled(st, layouts).equation
         kinds = (is_complex[st.inputs[0]], is_complex[st.inputs[1]])
         best = contraction_matmul(st.op, eq, st.inputs, kinds, sizes)
         if best is None:
-            return (1, 0, 0)
-        (count, (permuted, views)) = best[0]
-        return (0, count, permuted + views)
+            return (1, 0, 0, 0)
+        (count, (narrow, permuted, views)) = best[0]
+        return (0, count, narrow, permuted + views)
 
     layouts: dict[str, str] = {}
     for st in steps:
