@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from cases import random_operands, rel_err
@@ -107,3 +109,28 @@ def test_lean_fft_conv_gradients_equal_plain_autograd():
     errs = [rel_err(a, b) for a, b in zip(grads[True], grads[False], strict=True)]
     print(f"lean vs plain gradients: max rel err {max(errs):.2e}")
     assert max(errs) <= 1e-10
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, None])
+def test_stream_and_step_convert_their_inputs_under_autocast_or_not(half):
+    # The wrappers skip no-op conversions and the autocast context where autocast is off;
+    # what they convert (a float64 signal, a transposed float64 state) must still arrive.
+    graph, sizes = sized("s5", 16)
+    ops = random_operands(graph, sizes, dtype=torch.float32, seed=11)
+    ex = executors(contractssm.plan(graph, sizes))
+    args = canonical_args(graph, ops)
+    h0 = torch.randn(*[sizes[i] for i in graph.state_indices], 2, dtype=torch.float64)
+    odd_h0 = h0.transpose(0, 1).contiguous().transpose(0, 1)  # same values, not contiguous
+    x64 = args[0].double()
+    y_ref, h_ref = ex.stream(*args, h0.float())
+    context = torch.autocast("cpu", dtype=half) if half else contextlib.nullcontext()
+    with context:
+        y, h = ex.stream(x64, *args[1:], odd_h0)
+        t_axis = graph.signal.indices.index(graph.time)
+        y_t, h_t = ex.step(x64.select(t_axis, 0), *args[1:], odd_h0)
+    err = max(rel_err(y, y_ref), rel_err(h, h_ref))
+    print(f"autocast {half}: stream dtypes {y.dtype} {h.dtype}, err vs float32 inputs {err:.1e}")
+    assert y.dtype == h.dtype == y_t.dtype == h_t.dtype == torch.float32
+    assert err <= 1e-6
+    step_err = rel_err(y_t, y_ref.select(graph.output_indices.index(graph.time), 0))
+    assert step_err <= 1e-5

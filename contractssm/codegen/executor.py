@@ -148,16 +148,8 @@ def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) 
     complex_inputs = {"A"} | {w.name for w in graph.weights if w.is_complex}
     lines = [f"def {name}({', '.join(params)}):"]
     lines += [f"    # {line}" for line in header.splitlines()]
-    lines.append("    with torch.autocast(x.device.type, enabled=False):")
-    for p in params:
-        if p == "h0":
-            lines.append(
-                f"        {p} = torch.view_as_complex({p}.to(torch.{plan.dtype}).contiguous())"
-            )
-        elif p in complex_inputs:
-            lines.append(f"        {p} = rt.as_complex({p}, torch.{plan.dtype})")
-        else:
-            lines.append(f"        {p} = {p}.to(torch.{plan.dtype})")
+    lines.append("    with rt.no_autocast(x.device.type):")
+    lines += [_converted(p, plan.dtype, complex_inputs) for p in params]
     call = f"_{name}_body({', '.join(params)})"
     split = None
     split_source = ""
@@ -190,10 +182,10 @@ def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) 
 def _converted(p: str, dtype: str, complex_inputs: set[str]) -> str:
     """The line converting argument ``p`` to the plan's dtype inside a wrapper."""
     if p == "h0":
-        return f"        {p} = torch.view_as_complex({p}.to(torch.{dtype}).contiguous())"
+        return f"        {p} = rt.complex_state({p}, torch.{dtype})"
     if p in complex_inputs:
         return f"        {p} = rt.as_complex({p}, torch.{dtype})"
-    return f"        {p} = {p}.to(torch.{dtype})"
+    return f"        {p} = rt.to_dtype({p}, torch.{dtype})"
 
 
 def _split_source(name, params, builder, outputs, plan: Plan, complex_inputs) -> str:
@@ -258,7 +250,7 @@ def _split_source(name, params, builder, outputs, plan: Plan, complex_inputs) ->
     )
     dtype = plan.dtype
     lines = [f"def {name}_constants({', '.join(weights)}):"]
-    lines.append("    with torch.autocast(" + weights[0] + ".device.type, enabled=False):")
+    lines.append(f"    with rt.no_autocast({weights[0]}.device.type):")
     lines += [_converted(p, dtype, complex_inputs) for p in weights]
     made = f"_{name}_constants_body({', '.join(weights)})"
     if any(c in layouts and c not in laid_out for c in needed):
@@ -276,7 +268,7 @@ def _split_source(name, params, builder, outputs, plan: Plan, complex_inputs) ->
     lines.append("")
     lines.append("")
     lines.append(f"def {name}_apply(x, constants, {', '.join(weights)}, h0):")
-    lines.append("    with torch.autocast(x.device.type, enabled=False):")
+    lines.append("    with rt.no_autocast(x.device.type):")
     lines += [_converted(p, dtype, complex_inputs) for p in ("x", *weights, "h0")]
     args = ", ".join(("x", "h0", *weights, "*constants"))
     lines.append(f"        y, h = _{name}_apply_body({args})")

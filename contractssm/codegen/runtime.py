@@ -6,6 +6,7 @@ without graph breaks.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -364,9 +365,31 @@ def chunk(x: Tensor, size: int) -> Tensor:
     return padded.reshape(*x.shape[:-1], chunks, size)
 
 
+def no_autocast(device_type: str):
+    """``torch.autocast(device_type, enabled=False)`` where autocast is on, else a no-op context.
+
+    The executors run in their plan's dtype. Entering an autocast context costs ~5.6 us on
+    this CPU, a null one ~0.5 us: 3% of a ``neck`` chunk of 256 steps at batch 1 (~180 us).
+    """
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def to_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)``, skipping the dispatch when it is already that (1.4 us -> 0.15 us)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def as_complex(t: Tensor, real_dtype: torch.dtype) -> Tensor:
     """``t`` as the complex dtype matching ``real_dtype`` (real tensors become complex)."""
-    return t.to(complex_of(real_dtype))
+    return to_dtype(t, complex_of(real_dtype))
+
+
+def complex_state(h: Tensor, real_dtype: torch.dtype) -> Tensor:
+    """A state stored as real ``(..., 2)`` pairs, viewed as complex in ``real_dtype``'s kind."""
+    h = to_dtype(h, real_dtype)
+    return torch.view_as_complex(h if h.is_contiguous() else h.contiguous())
 
 
 def spectral_product(equation: str, p: Tensor, q: Tensor) -> Tensor:
