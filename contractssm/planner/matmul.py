@@ -27,12 +27,14 @@ SMALL_EXPANSION = 4
 #: A batched CPU matmul whose result has fewer columns than this reads its left operand far
 #: slower than the transposed product does (MKL through torch 2.13, 2-core EPYC, float32):
 #: (4, 256, 256) @ (4, 256, 1) 123 us, (4, 1, 256) @ (4, 256, 256) 13 us; 8 columns 166 vs 40
-#: us; from 16 columns both take the same time. A narrow result is written transposed, where
-#: the rows times the contracted length reach :data:`NARROW_MIN_ELEMENTS` (smaller products
-#: take microseconds either way) and the product is batched or has more than one column (a
-#: single matrix-vector product is fast either way: 4.7 vs 5.7 us at 256 x 256).
+#: us; from 16 columns both take the same time. Many small ones too: (256, 256, 2) @ (256, 2,
+#: 1) 238 vs 46 us. A narrow result is written transposed, where the batch times rows times
+#: contracted length reach :data:`NARROW_MIN_ELEMENTS` (below, either way takes a few
+#: microseconds and the transposed one can be slower: (16, 16, 16) @ (16, 16, 1) 2.4 vs 3.2 us)
+#: and the product is batched or has more than one column (one matrix-vector product is fast
+#: either way: 4.7 vs 5.7 us at 256 x 256).
 NARROW_COLUMNS = 16
-NARROW_MIN_ELEMENTS = 1 << 12
+NARROW_MIN_ELEMENTS = 1 << 14
 
 #: How a complex operand enters a real contraction: ``view`` is ``torch.view_as_real`` (its
 #: ``(Re, Im)`` as a last axis, no copy), ``stacked`` is ``(Re, -Im)`` stacked (a copy).
@@ -200,13 +202,12 @@ def _try_roles(left, right, ia, ib, batch, k_axes, m_axes, n_axes, out, sizes):
             perm = [result_axes.index(a) for a in out]
             product = f"{product}.permute({', '.join(map(str, perm))})"
         permuted = [a for a in result_axes if sizes[a] > 1] != [a for a in out if sizes[a] > 1]
-        rows, cols, depth = (math.prod(sizes[a] for a in axes) for axes in (m, n, k_a))
-        batched = math.prod(sizes[a] for a in batch) > 1
+        count, rows, cols, depth = (math.prod(sizes[a] for a in ax) for ax in (batch, m, n, k_a))
         narrow = (
             cols < NARROW_COLUMNS
             and rows > cols
-            and rows * depth >= NARROW_MIN_ELEMENTS
-            and (batched or cols > 1)
+            and count * rows * depth >= NARROW_MIN_ELEMENTS
+            and (count > 1 or cols > 1)
         )
         views = sum(p != sorted(p) for p in (a_perm, b_perm))
         transposes = (a_plain is None) + (b_plain is None)
