@@ -362,9 +362,13 @@ def test_state_split_is_offered_only_for_small_batches():
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_prepared_stream_with_tables_laid_out_for_their_readers(mode):
+def test_prepared_stream_with_tables_laid_out_for_their_readers(mode, monkeypatch, request):
     # Chunks of 128 steps: the hoisted powers are factorised runs, computed straight into
     # the order the per-chunk matmuls read them (rt.powers_laid_out) where that differs.
+    # (The program with separate state terms: no fused chunk matrix.)
+    monkeypatch.setattr(state, "_lower_fused_stream", lambda *args: None)
+    executor_module._executors.cache_clear()
+    request.addfinalizer(executor_module._executors.cache_clear)
     run = _run_prepared_stream(mode, 256, 128, seed=8)
     laid_out = "rt.powers_laid_out" in run.ex.stream.split_source
     print(f"{mode}: laid out: {laid_out}; output err {run.err_y:.2e}, state err {run.err_h:.2e}")
@@ -405,3 +409,44 @@ def test_float32_stream_of_fast_decays_matches_the_reference(mode):
     print(f"{mode}: output err {err_y:.2e}, state err {err_h:.2e}")
     assert y.isfinite().all() and h.isfinite().all()
     assert err_y <= 1e-4 and err_h <= 1e-4
+
+
+#: Modes whose chunk is one depthwise matrix at the test sizes (s5 is too at 32 x 32 channels
+#: and 32 states, where its plan puts every weight on the signal or output side).
+FUSABLE = ("dws", "neck")
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_fused_chunk_is_offered_where_the_chunk_is_one_depthwise_matrix(mode):
+    graph, sizes = sized(mode, 16)
+    p = contractssm.plan(graph, sizes)
+    g = executor_module.parse(p.declaration)
+    profile = state.default_profile("cpu")
+    fused = state._lower_fused_stream(g, dict(p.sizes), p.strategy, p.state_inputs, profile, 8)
+    print(f"{mode}: fused chunk {'offered' if fused else 'not offered'}")
+    assert (fused is not None) == (mode in FUSABLE)
+
+
+@pytest.mark.parametrize("mode", FUSABLE)
+def test_fused_stream_matches_the_reference_prepared_called_and_compiled(mode):
+    run = _run_prepared_stream(mode, 96, 32, seed=12)
+    source = run.ex.stream.split_source
+    print(f"{mode}: fused {'rt.chunk_apply' in source}; err y {run.err_y:.1e}, h {run.err_h:.1e}")
+    assert "rt.chunk_apply" in source and run.err_y <= TOL64 and run.err_h <= TOL64
+    # Called directly (the constants built per call) with gradients through the state.
+    chunk = [a.clone().requires_grad_(a.is_floating_point() or a.is_complex()) for a in run.args]
+    chunk[0] = chunk[0].narrow(run.t_axis, 0, 6).detach().requires_grad_()
+    h0 = run.h0.clone().requires_grad_()
+    graph, sizes = sized(mode, 6)
+    ex6 = executors(contractssm.plan(graph, sizes, dtype="float64"))
+    assert "rt.chunk_apply" in ex6.stream.source
+    assert torch.autograd.gradcheck(
+        lambda x, A, h: [t.sum() for t in ex6.stream(x, A, *chunk[2:], h)],
+        (chunk[0], chunk[1], h0),
+    )
+    compiled = torch.compile(ex6.stream, fullgraph=True)
+    y_c, h_c = compiled(*[t.detach() for t in chunk], h0.detach())
+    y_e, h_e = ex6.stream(*[t.detach() for t in chunk], h0.detach())
+    err = max(rel_err(y_c, y_e), rel_err(h_c, h_e))
+    print(f"{mode}: compiled against eager {err:.1e}")
+    assert err <= 1e-12

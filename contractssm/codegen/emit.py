@@ -139,4 +139,13 @@ def _emit(step: Step, axes: dict[str, str], sizes, cplx: dict[str, bool]) -> lis
         return [f"{out} = {a} * {ins[1]} + {u}"]
     if op in ("unchunk", "truncate"):
         return [f"{out} = {ins[0]}.flatten(-2)[..., :{a['length']}]"]
+    if op == "chunk_matrix":
+        return [f"{out} = rt.chunk_matrix({ins[0]}, {ins[1]}, {a['group_axes']})"]
+    if op == "chunk_apply":
+        return [f"{out} = rt.chunk_apply({', '.join(ins)})"]
+    if op == "chunk_output":
+        return [f"{out} = {ins[0]}[..., :{a['length']}]"]
+    if op == "chunk_state":
+        shape = tuple(sizes[x] for x in step.axes) if sizes else None
+        return [f"{out} = rt.chunk_state({ins[0]}, {a['steps']}, {shape})"]
     raise ValueError(f"no code generator for step op {op!r}")

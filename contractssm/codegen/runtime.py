@@ -357,6 +357,66 @@ def toeplitz(kernel: Tensor, dev) -> Tensor:
     return padded.unfold(-1, n, 1).flip(-1)
 
 
+def chunk_matrix(weighted: Tensor, powers: Tensor, n_groups: int) -> Tensor:
+    """The real matrix of one chunk per channel group: ``[u | h] -> [z | h']``.
+
+    A depthwise chunk of ``T`` steps is linear in its input ``u`` (``T`` reals) and initial
+    state ``h`` (``S`` complex, as ``(Re, Im)`` pairs): with ``a^t`` the powers and ``w`` the
+    kernel weights, ``z[t] = sum_j k[t - j] u[j] + Re sum_s w a^(t+1) h[s]`` (the kernel
+    ``k[t] = Re sum_s w a^t``) and ``h'[s] = a^T h[s] + sum_j a^(T-1-j) u[j]``. Everything is
+    read from the one run ``a^t``, ``t = 0..T``, and its weighted copy. Rows are the inputs
+    ``[j | (s, Re/Im)]``, columns the outputs ``[t | (s, Re/Im)]``, so a chunk is one matmul,
+    :func:`chunk_apply`.
+
+    Args: ``weighted`` (``w a^t``) and ``powers`` (``a^t``), (G.., S.., T + 1) complex, the
+    ``n_groups`` group axes first. Returns (G.., T + 2S, T + 2S).
+    """
+    steps = powers.shape[-1] - 1
+    groups = powers.shape[:n_groups]
+    weighted = weighted.reshape(*groups, -1, steps + 1)
+    powers = powers.reshape(*groups, -1, steps + 1)
+    states = powers.shape[-2]
+    kernel = weighted[..., :steps].real.sum(-2)
+    grow, fade, decay = weighted[..., 1:], powers[..., :steps].flip(-1), powers[..., steps]
+    # u[j] -> z[t] (the Toeplitz, transposed: rows are inputs) and -> h'[s] (Re, Im of fade)
+    fade_pairs = torch.view_as_real(fade.transpose(-1, -2)).flatten(-2)
+    from_u = torch.cat([toeplitz(kernel, None).transpose(-1, -2), fade_pairs], -1)
+    # (Re h, Im h)[s] -> z[t]: Re(g h) = Re g Re h - Im g Im h
+    to_z = torch.stack([grow.real, -grow.imag], -2).flatten(-3, -2)
+    # (Re h, Im h)[s] -> (Re h', Im h')[s]: multiplication by a^T as a 2 x 2 real block
+    dr, di = decay.real, decay.imag
+    block = torch.stack([torch.stack([dr, di], -1), torch.stack([-di, dr], -1)], -2)
+    n = block.dim()
+    diagonal = torch.diag_embed(block.permute(*range(n - 3), n - 2, n - 1, n - 3))
+    to_h = diagonal.permute(*range(n - 3), n - 1, n - 3, n, n - 2).reshape(
+        *groups, 2 * states, 2 * states
+    )
+    return torch.cat([from_u, torch.cat([to_z, to_h], -1)], -2)
+
+
+def chunk_apply(u: Tensor, h0: Tensor, matrix: Tensor) -> Tensor:
+    """``[u | h0] @ matrix`` per channel group: ``[z | h']`` of a chunk, (B.., G.., T + 2S).
+
+    ``u`` (B.., G.., T) real, ``h0`` (B.., G.., S..) complex, ``matrix`` from
+    :func:`chunk_matrix`. The batch is the rows of each group's matmul (a row vector at batch
+    1, the fast orientation on CPU); the result is returned as a (transposed) view.
+    """
+    groups = matrix.shape[:-2]
+    width = matrix.shape[-1]
+    joined = torch.cat([u, torch.view_as_real(h0).reshape(*u.shape[:-1], -1)], -1)
+    rows = joined.reshape(-1, math.prod(groups), width).transpose(0, 1)
+    out = torch.matmul(rows, matrix.reshape(-1, width, width))
+    return out.transpose(0, 1).reshape(joined.shape)
+
+
+def chunk_state(joined: Tensor, steps: int, shape: tuple[int, ...]) -> Tensor:
+    """The final state of :func:`chunk_apply`'s result: its last columns as complex ``shape``."""
+    tail = joined[..., steps:]
+    if steps % 2 or joined.stride(-2) % 2:
+        tail = tail.contiguous()
+    return torch.view_as_complex(tail.reshape(*shape, 2))
+
+
 def chunk(x: Tensor, size: int) -> Tensor:
     """Split the last (time) axis into chunks of ``size``, zero-padding the end."""
     n = x.shape[-1]

@@ -214,14 +214,16 @@ def lower_kernel(
 
 
 def emit_kernel_mode(
-    b: ProgramBuilder, graph: Graph, lay: Layout, s: Strategy, initial_state=None
+    b: ProgramBuilder, graph: Graph, lay: Layout, s: Strategy, initial_state=None, convolve=None
 ) -> str:
     """Append the kernel-mode steps to ``b``; returns the name of the output tensor.
 
     ``initial_state(b, kernel_weights, axes, real)``, when given, returns a tensor (with the
     convolution output's ``axes``, real when ``real``) added to the convolution output before
     the output-side weights: the streaming executor's initial-state term, which then shares
-    the output projection instead of running its own.
+    the output projection instead of running its own. ``convolve(b, u, i_u, i_k, i_z,
+    kernel_weights, real_kernel, u_complex)``, when given, replaces the strategy's convolution
+    (the fused stream chunk, :mod:`contractssm.planner.state`).
     """
     w_axes = lay.weights
     is_cx = {w.name: w.is_complex for w in graph.weights}
@@ -248,7 +250,9 @@ def emit_kernel_mode(
     i_z = "".join(a for a in _ordered(i_u + i_k, axes_of(post) | out_lower))
     realk = real_kernel(graph, s)
 
-    if s.algorithm == "fft":
+    if convolve is not None:
+        z = convolve(b, u, i_u, i_k, i_z, ker, realk, u_complex)
+    elif s.algorithm == "fft":
         z = _fft_conv(b, graph, lay, s, u, i_u, i_k, i_z, ker, realk, u_complex)
     elif s.algorithm == "direct":
         k = _time_kernel(b, lay, s.kernel_method, s.chunk, ker, i_k, "T", b.sizes["T"], realk)

@@ -90,15 +90,35 @@ def lower_stream(
     batch 8 (64 x 64 x 16 states) 29 -> 76 ms (a 64 MiB intermediate), ``neck``/``s5`` at
     batch 1 (64 states, a 128 KiB table) 2-4% (two more ops).
     """
-    plain = _lower_stream(graph, sizes, strategy, state_inputs, profile, itemsize, None)
+    best = _lower_stream(graph, sizes, strategy, state_inputs, profile, itemsize, None)
     lay = layout_of(graph)
     split = state_split(sizes[graph.time]) if lay.output.endswith("T") else None
     batch = math.prod(sizes[i] for i in _batch_like(graph))
     table_bytes = math.prod(sizes[a] for a in lay.states) * sizes[graph.time] * 2 * itemsize
-    if split is None or 16 * batch > split[1] or table_bytes < SPLIT_TABLE_BYTES:
-        return plain
-    factored = _lower_stream(graph, sizes, strategy, state_inputs, profile, itemsize, split)
-    return min((plain, factored), key=lambda built: built[0].seconds(backward=False))
+    if not (split is None or 16 * batch > split[1] or table_bytes < SPLIT_TABLE_BYTES):
+        factored = _lower_stream(graph, sizes, strategy, state_inputs, profile, itemsize, split)
+        best = min((best, factored), key=lambda built: built[0].seconds(backward=False))
+    fused = _lower_fused_stream(graph, sizes, strategy, state_inputs, profile, itemsize)
+    if fused is not None and per_chunk_seconds(fused[0]) < per_chunk_seconds(best[0]):
+        return fused
+    return best
+
+
+def per_chunk_seconds(b: ProgramBuilder) -> float:
+    """Predicted forward seconds of the steps a prepared stream runs per chunk.
+
+    The steps that read only the rate and the weights (directly or through other such steps)
+    are hoisted by ``Executor.prepare``; the rest read the chunk or the state.
+    """
+    produced = {st.output for st in b.steps}
+    constant = {n for n in b.tensors if n not in produced and n not in ("x", "h0")}
+    total = 0.0
+    for st in b.steps:
+        if all(i in constant for i in st.inputs):
+            constant.add(st.output)
+        else:
+            total += st.seconds
+    return total
 
 
 #: The smallest table of state powers (bytes) for which the stream is offered the split.
@@ -195,6 +215,85 @@ def _lower_stream(graph, sizes, strategy, state_inputs, profile, itemsize, split
     hd = b.contract([(decay, lay.states + "O"), ("h0", lay.state)], lay.state, "state")
     h = b.add("add", (hd, hx), lay.state, True, "state")
     return b, (y, h)
+
+
+#: The largest fused chunk a stream is offered, in multiply-adds per chunk: batch x groups x
+#: (T + 2S)^2. The fused chunk trades about eight small ops for one dense matmul that does
+#: more arithmetic than the convolution it replaces; measured at chunks of 256 it pays off up
+#: to ~1e7 multiply-adds (``neck`` at batch 32, 4 groups: stream/kernel 0.80 -> 0.89) and not
+#: at ~7.5e7 (``s5`` at batch 32, 32 x 32 channels: 1.08 -> 0.76; ``dws`` at 32 channels:
+#: unchanged), where the prepared matrix also costs more to build than the tables it replaces.
+FUSED_MAX_MACS = 1 << 24
+
+
+class _NotFusable(Exception):
+    """The graph's chunk is not one depthwise matrix per channel group (see below)."""
+
+
+def _lower_fused_stream(graph, sizes, strategy, state_inputs, profile, itemsize):
+    """The stream as one matmul per channel group and chunk, or ``None`` where it does not apply.
+
+    Where the state holds exactly what the convolution reads (the state-input weights are
+    the signal-side ones), the convolution is depthwise (the kernel's channels are the
+    signal's) and real, and the kernel-side weights act per state, a chunk of each channel
+    group is linear in ``[u | h0]`` (``T`` signal steps, ``S`` complex states): its outputs
+    before the output-side weights and its final state are one ``(T + 2S)``-square matrix
+    product (``rt.chunk_matrix``, hoisted by ``prepare``; ``rt.chunk_apply`` per chunk).
+    That replaces the convolution, both state terms and their additions, about eight ops,
+    with one matmul: op count, not arithmetic, is what a small chunk costs. ``neck`` (1,
+    256, 4096) at chunks of 256: 156 -> 84 us per chunk; (8, 64, 1024): 200 -> 124 us.
+    """
+    lay = layout_of(graph)
+    if set(state_inputs) != set(strategy.signal_weights) or not lay.output.endswith("T"):
+        return None
+    b = new_builder(graph, sizes, strategy, profile, itemsize, _state_extra_inputs(graph))
+    length = b.sizes["T"]
+    found = {}
+
+    def convolve(b, u, i_u, i_k, i_z, ker, realk, u_complex):
+        groups = "".join(a for a in i_u if a in lay.states)
+        batch = "".join(a for a in i_u if a not in lay.states)
+        per_state = "".join(a for a in lay.states if a not in groups)
+        if (
+            not realk
+            or u_complex
+            or i_z != i_u
+            or i_u != batch + groups
+            or i_k != groups
+            or lay.states != groups + per_state
+            or lay.state != batch + groups + per_state
+            or any(set(lay.weights[n]) - set(lay.states) for n in ker)
+        ):
+            raise _NotFusable
+        width = length + 2 * math.prod(b.sizes[a] for a in per_state)
+        rows = math.prod(b.sizes[a] for a in batch + groups)
+        if rows * width * width > FUSED_MAX_MACS:
+            raise _NotFusable
+        b.sizes["U"] = b.sizes["V"] = width
+        b.sizes["Y"] = length + 1
+        # One run a^t, t = 0..T, and its kernel-weighted copy: the kernel, both state terms
+        # and the decay are read from them (rt.chunk_matrix).
+        run = b.add(
+            "powers", ("A",), lay.states + "Y", True, "state", count=length + 1, scale=1, offset=0
+        )
+        weighted = b.contract(
+            [(run, lay.states + "Y"), *[(n, lay.weights[n]) for n in ker]],
+            lay.states + "Y",
+            "state",
+        )
+        matrix = b.add(
+            "chunk_matrix", (weighted, run), groups + "UV", False, "state", group_axes=len(groups)
+        )
+        count = math.prod(b.sizes[a] for a in groups)
+        joined = b.add("chunk_apply", (u, "h0", matrix), i_u + "V", False, "state", groups=count)
+        found["h"] = b.add("chunk_state", (joined,), lay.state, True, "state", steps=length)
+        return b.add("chunk_output", (joined,), i_u + "T", False, "state", length=length)
+
+    try:
+        y = emit_kernel_mode(b, graph, lay, strategy, convolve=convolve)
+    except _NotFusable:
+        return None
+    return b, (y, found["h"])
 
 
 def lower_step(

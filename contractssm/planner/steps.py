@@ -8,7 +8,9 @@ the cost model prices each step from a :class:`~contractssm.planner.profile.Mach
 Time-like axes:
     ``T`` output time, ``J`` input time (Toeplitz), ``F`` frequency bin, ``K``/``P`` chunk
     (output/input), ``R``/``Q`` position inside a chunk (output/input), ``G``/``H`` the two
-    factors of a factorised Vandermonde.
+    factors of a factorised Vandermonde, ``U``/``V`` the inputs/outputs of a fused stream
+    chunk (``T`` steps then the state's ``(Re, Im)`` pairs), ``Y`` the ``T + 1`` powers it is
+    built from.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ OPS = (
     "truncate",  # out[.., T] = in[.., G, H] merged, first `length` steps
     "recur",  # out[state] = exp(A[S]) * h0[state] + u[..] (one step of the recurrence)
     "fft_conv",  # rfft, rfft, einsum, irfft fused by the code generator (never planned)
+    "chunk_matrix",  # out[G.., U, V]: a depthwise chunk's [u | h] -> [z | h'] from a^t, w a^t
+    "chunk_apply",  # out[B.., G.., V] = [u | h0][B.., G.., U] @ matrix[G.., U, V] per group
+    "chunk_output",  # out[.., T] = in[.., V][:length] (a view)
+    "chunk_state",  # out[state] = in[.., V][steps:] as complex pairs (a view)
 )
 
 #: Above this many powers per state the runtime factorises them (complex exp is slow on CPUs).
@@ -192,7 +198,7 @@ def is_view(step: Step, sizes: dict[str, int]) -> bool:
     Merging chunks (``unchunk``, ``truncate``: flatten then slice) always is; splitting into
     chunks is when the length is a whole number of chunks (else the end is zero-padded).
     """
-    if step.op in ("unchunk", "truncate"):
+    if step.op in ("unchunk", "truncate", "chunk_output", "chunk_state"):
         return True
     return step.op == "chunk" and sizes.get("T", 0) % step.attr("chunk") == 0
 
@@ -288,6 +294,20 @@ def _roofline(
         if count > FACTOR_POWERS or step.elements >= GEOMETRIC_MIN_ELEMENTS:
             exps = step.elements // count * 3  # start, ratio (and coarse ratio) per state
         return launch_s + 2 * memory_s + exps / (profile.transcendental_gelems * 1e9), 0.0
+    if op == "chunk_apply":
+        # One matmul per group, rows (batch) x U by U x V, plus the concatenation of [u | h0].
+        # The matrix is read once per chunk by every row and stays in cache at the sizes
+        # offered (FUSED_MAX_ELEMENTS): compute-bound, a matrix-vector product at batch 1
+        # running at medium-matmul rates ((4, 1, 288) @ (4, 288, 288): 15 us, ~44 GFLOP/s).
+        width = sizes["U"]
+        rows = max(1, step.elements // (step.attr("groups") * sizes["V"]))
+        flops = 2.0 * step.elements * width
+        rate = profile.matmul_gflops["real"][size_class(max(8, min(rows, width)))] * 1e9
+        signal_s = 2 * step.elements * itemsize / (profile.elementwise_gbps * 1e9)
+        return 2 * launch_s + max(flops / rate, signal_s), flops
+    if op == "chunk_matrix":
+        # Built from the two runs by about fifteen small ops (kernel, Toeplitz, blocks).
+        return 15 * launch_s + 4 * memory_s, 0.0
     if op == "closed_form":
         flops = 20.0 * step.elements
         # A complex division per element plus one power: about four elementwise passes.
