@@ -225,6 +225,12 @@ def _lower_stream(graph, sizes, strategy, state_inputs, profile, itemsize, split
 #: unchanged), where the prepared matrix also costs more to build than the tables it replaces.
 FUSED_MAX_MACS = 1 << 24
 
+#: The largest fused chunk matrix (elements, groups x (T + 2S)^2). Every chunk reads all of
+#: it; past a few MiB that is a memory-bound pass and the prepare's page faults: ``s5`` at
+#: batch 1 with 64 one-state groups (64 x 258^2, 17 MB) measured 17 ms to prepare and 0.32 ms
+#: per chunk, stream/kernel 0.12 against 0.22-0.44 without it.
+FUSED_MAX_MATRIX = 1 << 20
+
 
 class _NotFusable(Exception):
     """The graph's chunk is not one depthwise matrix per channel group (see below)."""
@@ -266,8 +272,9 @@ def _lower_fused_stream(graph, sizes, strategy, state_inputs, profile, itemsize)
         ):
             raise _NotFusable
         width = length + 2 * math.prod(b.sizes[a] for a in per_state)
-        rows = math.prod(b.sizes[a] for a in batch + groups)
-        if rows * width * width > FUSED_MAX_MACS:
+        count = math.prod(b.sizes[a] for a in groups)
+        rows = math.prod(b.sizes[a] for a in batch) * count
+        if rows * width * width > FUSED_MAX_MACS or count * width * width > FUSED_MAX_MATRIX:
             raise _NotFusable
         b.sizes["U"] = b.sizes["V"] = width
         b.sizes["Y"] = length + 1
@@ -284,7 +291,6 @@ def _lower_fused_stream(graph, sizes, strategy, state_inputs, profile, itemsize)
         matrix = b.add(
             "chunk_matrix", (weighted, run), groups + "UV", False, "state", group_axes=len(groups)
         )
-        count = math.prod(b.sizes[a] for a in groups)
         joined = b.add("chunk_apply", (u, "h0", matrix), i_u + "V", False, "state", groups=count)
         found["h"] = b.add("chunk_state", (joined,), lay.state, True, "state", steps=length)
         return b.add("chunk_output", (joined,), i_u + "T", False, "state", length=length)
