@@ -89,6 +89,10 @@ def lower_stream(
     is not offered it lost: ``s4d`` at batch 4 (64 x 32 states) 0.74 -> 1.02 ms, ``full`` at
     batch 8 (64 x 64 x 16 states) 29 -> 76 ms (a 64 MiB intermediate), ``neck``/``s5`` at
     batch 1 (64 states, a 128 KiB table) 2-4% (two more ops).
+
+    Where a chunk is one depthwise matrix per channel group (:func:`_lower_fused_stream`),
+    that program is taken instead when the cost model predicts it cheaper per chunk
+    (:func:`per_chunk_seconds`: what a prepared stream runs per chunk).
     """
     best = _lower_stream(graph, sizes, strategy, state_inputs, profile, itemsize, None)
     lay = layout_of(graph)

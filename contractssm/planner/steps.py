@@ -297,7 +297,7 @@ def _roofline(
     if op == "chunk_apply":
         # One matmul per group, rows (batch) x U by U x V, plus the concatenation of [u | h0].
         # The matrix is read once per chunk by every row and stays in cache at the sizes
-        # offered (FUSED_MAX_ELEMENTS): compute-bound, a matrix-vector product at batch 1
+        # offered (state.FUSED_MAX_MATRIX): compute-bound, a matrix-vector product at batch 1
         # running at medium-matmul rates ((4, 1, 288) @ (4, 288, 288): 15 us, ~44 GFLOP/s).
         width = sizes["U"]
         rows = max(1, step.elements // (step.attr("groups") * sizes["V"]))
