@@ -282,6 +282,7 @@ def step_latency(mode: str, sizes: dict[str, int], batch: int, rounds: int) -> d
     with torch.no_grad():
         y_step, h = ex.step(x_t, *args[1:], h0)
         y_kernel = ex.kernel(*args).select(graph.output_indices.index(graph.time), 0)
+        # disagreement(h, h): 0 for a finite state, infinite for one holding a NaN.
         err = max(disagreement(y_step, y_kernel), disagreement(h, h))
         _check_agreement({"step": err}, f"step of {mode} against kernel mode at length 1")
         t = _median_call(
@@ -327,7 +328,8 @@ def stream_throughput(
 
     with torch.no_grad():
         t = _median_call({"stream": run_stream, "kernel": lambda: kernel(*args)}, rounds, 1, slow_s)
-        # What was timed computes the kernel's output and a finite final state.
+        # What was timed computes the kernel's output and a finite final state (the
+        # disagreement of a tensor with itself is infinite exactly when it holds a NaN).
         ys, h = run_stream()
         y = torch.cat(ys, dim=graph.output_indices.index(graph.time))
         err = max(disagreement(y, kernel(*args)), disagreement(h, h))
