@@ -146,6 +146,6 @@ def _emit(step: Step, axes: dict[str, str], sizes, cplx: dict[str, bool]) -> lis
     if op == "chunk_output":
         return [f"{out} = {ins[0]}[..., :{a['length']}]"]
     if op == "chunk_state":
-        shape = tuple(sizes[x] for x in step.axes) if sizes else None
+        shape = tuple(sizes[x] for x in step.axes)  # streams are always emitted with sizes
         return [f"{out} = rt.chunk_state({ins[0]}, {a['steps']}, {shape})"]
     raise ValueError(f"no code generator for step op {op!r}")

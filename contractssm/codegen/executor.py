@@ -37,7 +37,7 @@ from contractssm.codegen.layout import choose_layouts, is_broadcast_product, rel
 from contractssm.planner.lower import lower_kernel
 from contractssm.planner.plan import Plan
 from contractssm.planner.profile import default_profile
-from contractssm.planner.state import lower_step, lower_stream
+from contractssm.planner.state import hoisted, lower_step, lower_stream
 from contractssm.spec import parse
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -192,14 +192,12 @@ def _split_source(name, params, builder, outputs, plan: Plan, complex_inputs) ->
     """``{name}_constants(A, *weights)`` and ``{name}_apply(x, consts, A, *weights, h0)``.
 
     A step is constant when every input is a parameter (not ``x``, not ``h0``) or a constant
-    step's output. The unfused steps are used: the kernel's spectrum is then a constant too.
+    step's output (:func:`~contractssm.planner.state.hoisted`, which the stream's per-chunk
+    pricing shares). The unfused steps are used: the kernel's spectrum is then a constant too.
     """
     weights = tuple(p for p in params if p not in ("x", "h0"))
     steps = tuple(builder.steps)
-    constant = set(weights)
-    for st in steps:
-        if all(i in constant for i in st.inputs):
-            constant.add(st.output)
+    constant = hoisted(steps, weights)
     const_steps = tuple(st for st in steps if st.output in constant)
     var_steps = tuple(st for st in steps if st.output not in constant)
     needed = []

@@ -108,21 +108,23 @@ def lower_stream(
     return best
 
 
-def per_chunk_seconds(b: ProgramBuilder) -> float:
-    """Predicted forward seconds of the steps a prepared stream runs per chunk.
+def hoisted(steps, parameters) -> set[str]:
+    """The parameters and the outputs of the steps that read only them (directly or not).
 
-    The steps that read only the rate and the weights (directly or through other such steps)
-    are hoisted by ``Executor.prepare``; the rest read the chunk or the state.
+    What ``Executor.prepare`` computes once: every other step reads the chunk or the state.
     """
-    produced = {st.output for st in b.steps}
-    constant = {n for n in b.tensors if n not in produced and n not in ("x", "h0")}
-    total = 0.0
-    for st in b.steps:
+    constant = set(parameters)
+    for st in steps:
         if all(i in constant for i in st.inputs):
             constant.add(st.output)
-        else:
-            total += st.seconds
-    return total
+    return constant
+
+
+def per_chunk_seconds(b: ProgramBuilder) -> float:
+    """Predicted forward seconds of the steps a prepared stream runs per chunk (not hoisted)."""
+    produced = {st.output for st in b.steps}
+    constant = hoisted(b.steps, (n for n in b.tensors if n not in produced | {"x", "h0"}))
+    return sum(st.seconds for st in b.steps if st.output not in constant)
 
 
 #: The smallest table of state powers (bytes) for which the stream is offered the split.
