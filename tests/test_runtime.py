@@ -78,6 +78,8 @@ def test_cexp_equals_complex_exp_with_gradients():
         ((2, 3), 70, 1, 1),  # factorised into two geometric runs
         ((64, 16), 64, -1, 63),  # a geometric run, reversed (chunk states)
         ((2, 3), 200, 3, 5),  # factorised, strided
+        ((1024, 32), 32, 1, 1),  # short but a large table (1M elements): factorised
+        ((512, 32), 64, -1, 63),  # the same, falling
     ],
 )
 def test_powers_values_and_analytic_gradient(shape, count, scale, offset):
@@ -92,7 +94,10 @@ def test_powers_values_and_analytic_gradient(shape, count, scale, offset):
     (want,) = torch.autograd.grad((ref * g).real.sum(), rate)
     err = (out - ref).abs().max().item() / ref.abs().max().item()
     grad_err = (mine - want).abs().max().item() / want.abs().max().item()
-    print(f"powers {shape} x {count}: relative err {err:.2e}, gradient {grad_err:.2e}")
+    factorised = rt._factorised(rate, count)
+    print(f"powers {shape} x {count} (factorised {factorised}): err {err:.2e}, grad {grad_err:.2e}")
+    large = count >= 32 and rate.numel() * count >= rt.FACTOR_MIN_ELEMENTS
+    assert factorised == (count > 64 or large)
     assert err < 1e-12 and grad_err < 1e-12
     if rate.numel() <= 12:
         small = rate.detach().clone().requires_grad_(True)
