@@ -37,6 +37,7 @@ def _rates(profile: MachineProfile) -> dict[str, float]:
     rates.update(
         fft_gflops=profile.fft_gflops,
         elementwise_gbps=profile.elementwise_gbps,
+        cache_gbps=profile.cache_gbps,
         transcendental_gelems=profile.transcendental_gelems,
         launch_us=profile.launch_us,
         fresh_memory_gbps=profile.fresh_memory_gbps,

@@ -30,7 +30,7 @@ from contractssm.planner.autotune import interleaved_orders
 from contractssm.planner.cache import PlanCache
 from contractssm.planner.lower import Strategy
 from contractssm.planner.plan import Plan
-from contractssm.planner.profile import FRESH_MEMORY_BYTES, MachineProfile
+from contractssm.planner.profile import CACHE_BYTES, FRESH_MEMORY_BYTES, MachineProfile
 from contractssm.planner.program import ProgramBuilder, TensorInfo
 from contractssm.planner.search import algorithm_options, placements, price, search
 from contractssm.planner.steps import Step, einsum_cost, fresh_memory_seconds, step_seconds
@@ -133,6 +133,7 @@ ROUND = MachineProfile(
     },
     fft_gflops=1.0,  # 1e9 flop/s
     elementwise_gbps=1.0,  # 1e9 byte/s
+    cache_gbps=1.0,  # the same within the caches (priced apart in test_cache_resident_traffic)
     transcendental_gelems=1.0,
     launch_us=10.0,  # 1e-5 s per step
 )
@@ -188,10 +189,23 @@ def test_step_seconds_rfft_compute_bound():
     assert close(seconds, want)
 
 
+def test_step_seconds_prices_cache_resident_traffic_at_the_cache_bandwidth():
+    # An add moves 3 x elements x 4 bytes: within CACHE_BYTES at cache_gbps (10 GB/s here),
+    # past it at elementwise_gbps (1 GB/s).
+    profile = MachineProfile(**{**ROUND.to_dict(), "cache_gbps": 10.0})
+    for elements in (1000, CACHE_BYTES // 12, CACHE_BYTES // 12 + 1, 1 << 20):
+        step = Step("add", "a1", ("p", "q"), "i", False, "conv", elements=elements)
+        seconds, _ = step_seconds(step, {"i": elements}, 2 * elements, profile, 4, (False, False))
+        traffic = 3 * elements * 4
+        gbps = 10.0 if traffic <= CACHE_BYTES else 1.0
+        print(f"add of {elements} elements ({traffic} B): {seconds * 1e6:.2f} us at {gbps} GB/s")
+        assert close(seconds, 1e-5 + traffic / (gbps * 1e9))
+
+
 def test_step_seconds_rfft_memory_bound():
     n, batch, L = 1024, 3, 1000
     step = rfft_step(n, batch)
-    slow_memory = MachineProfile(**{**ROUND.to_dict(), "elementwise_gbps": 0.1})
+    slow_memory = MachineProfile(**{**ROUND.to_dict(), "elementwise_gbps": 0.1, "cache_gbps": 0.1})
     seconds, flops = step_seconds(step, {}, batch * L, slow_memory, 4, (False,))
     memory = (batch * L + batch * (n // 2 + 1) * 2) * 4 / 0.1e9  # 243.12 us > 76.8 us compute
     print(f"memory-bound rfft: {seconds * 1e6:.3f} us (by hand {(1e-5 + memory) * 1e6:.3f})")
@@ -212,7 +226,7 @@ def test_step_seconds_matmul():
     assert flops == 2 * 64**3
     assert close(seconds, 1e-5 + max(compute, memory))
     # Complex x complex at the complex "large" rate (50 GFLOP/s) with a fast memory: compute-bound.
-    fast = MachineProfile(**{**ROUND.to_dict(), "elementwise_gbps": 1000.0})
+    fast = MachineProfile(**{**ROUND.to_dict(), "elementwise_gbps": 1000.0, "cache_gbps": 1000.0})
     cmm = Step(
         "einsum", "e1", ("a", "b"), "ik", True, "conv", equation="ij,jk->ik", elements=64 * 64
     )

@@ -13,6 +13,8 @@ on the device and dtype the plans will run on, with workloads shaped like the ex
   batch of channels, counting ``2.5 n log2 n`` flops per real transform.
 * ``elementwise_gbps``: a complex multiply-add ``c + a * b`` of tensors larger than the caches,
   counting the bytes read and written.
+* ``cache_gbps``: the same multiply-add on tensors whose traffic fits in
+  :data:`~contractssm.planner.profile.CACHE_BYTES`, repeated in place.
 * ``transcendental_gelems``: complex exponentials (``runtime.cexp``) of a large tensor.
 * ``launch_us``: the fixed cost of one tiny op, Python dispatch included.
 * ``fresh_memory_gbps``: a fill of a new tensor of twice
@@ -36,6 +38,7 @@ import torch
 
 from contractssm.planner.cachedir import cache_dir
 from contractssm.planner.profile import (
+    CACHE_BYTES,
     FRESH_MEMORY_BYTES,
     SIZE_CLASSES,
     MachineProfile,
@@ -49,8 +52,15 @@ from contractssm.planner.profile import (
 MATMUL_SHAPES = {"small": (4, 128, 128), "medium": (32, 128, 128), "large": (128, 128, 256)}
 #: Transform lengths of the FFT measurement.
 FFT_LENGTHS = (2048, 4096, 8192)
-#: Share of the budget per measurement (six matmuls, three FFT lengths, elementwise, exp, launch).
-_SHARE = {"matmul": 0.09, "fft": 0.053, "elementwise": 0.1, "exp": 0.12, "launch": 0.04}
+#: Share of the budget per measurement (six matmuls, three FFT lengths, the rest once each).
+_SHARE = {
+    "matmul": 0.09,
+    "fft": 0.053,
+    "elementwise": 0.1,
+    "cache": 0.04,
+    "exp": 0.11,
+    "launch": 0.04,
+}
 
 
 def profile_name(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> str:
@@ -143,8 +153,11 @@ class _Bench:
             seconds += flops * (self.cap // n) / rate
         return 1e-9 * total / seconds
 
-    def memory(self, dtype: torch.dtype) -> tuple[float, float]:
-        """GB/s of ``c + a * b`` (4 tensors moved) and billions of ``exp`` per second."""
+    def memory(self, dtype: torch.dtype) -> tuple[float, float, float]:
+        """GB/s of ``c + a * b`` (4 tensors moved), past the caches and within them; exp/s.
+
+        Returns ``(elementwise GB/s, cache GB/s, billions of exp per second)``.
+        """
         a, b, c, out = (_ramp(self.cap, dtype, self.dev) for _ in range(4))
         item = a.element_size()
         add = lambda e: lambda: torch.addcmul(c[:e], a[:e], b[:e], out=out[:e])  # noqa: E731
@@ -152,10 +165,18 @@ class _Bench:
         gbps = self.rate(
             add, lambda e: 4 * e * item, [self.cap >> k for k in (2, 1, 0)], "elementwise"
         )
+        # Within the caches: half of CACHE_BYTES moved per call, calls repeated to be timeable.
+        e = max(1, min(self.cap, CACHE_BYTES // (8 * item)))
+
+        def in_cache(repeats: int):
+            ins = (c[:e], a[:e], b[:e])
+            return lambda: [torch.addcmul(*ins, out=out[:e]) for _ in range(repeats)]
+
+        cache = self.rate(in_cache, lambda r: 4 * e * item * r, [1, 8, 64, 256], "cache")
         z = torch.complex(-2.0 - 2.0 * a.real, 50.0 * a.imag)  # decays and phases, like exp(A t)
         # As the runtime computes it (codegen.runtime.cexp): polar(exp(Re z), Im z).
         exp = lambda e: lambda: torch.polar(torch.exp(z[:e].real), z[:e].imag)  # noqa: E731
-        return 1e-9 * gbps, 1e-9 * self.rate(exp, float, self.batches(1), "exp")
+        return 1e-9 * gbps, 1e-9 * cache, 1e-9 * self.rate(exp, float, self.batches(1), "exp")
 
     def fresh_memory_gbps(self, repeats: int = 5) -> float:
         """GB/s of first writes to memory mapped fresh (large: no such cost measured)."""
@@ -200,12 +221,13 @@ def calibrate(
         for kind, dt in (("real", dtype), ("complex", cplx))
     }
     fft = bench.fft(real)
-    gbps, gelems = bench.memory(cplx)
+    gbps, cache_gbps, gelems = bench.memory(cplx)
     return MachineProfile(
         name=profile_name(dev, dtype),
         matmul_gflops=matmul,
         fft_gflops=fft,
         elementwise_gbps=gbps,
+        cache_gbps=cache_gbps,
         transcendental_gelems=gelems,
         launch_us=bench.launch_us(),
         fresh_memory_gbps=bench.fresh_memory_gbps(),

@@ -19,7 +19,12 @@ import math
 from dataclasses import dataclass
 
 from contractssm.planner.matmul import contraction_matmul
-from contractssm.planner.profile import FRESH_MEMORY_BYTES, MachineProfile, size_class
+from contractssm.planner.profile import (
+    CACHE_BYTES,
+    FRESH_MEMORY_BYTES,
+    MachineProfile,
+    size_class,
+)
 
 #: The operations a step may perform (the code generator implements each one).
 OPS = (
@@ -228,8 +233,10 @@ def step_seconds(
 
     A roofline model: every step pays the launch overhead plus the larger of its compute time
     (FLOPs at the measured rate of its kind) and its memory time (inputs and output streamed
-    at the elementwise bandwidth); transcendental work is added on top, and so are the page
-    faults of an output or temporaries (``workspace_bytes``) mapped fresh from the OS.
+    at the elementwise bandwidth, the caches' for traffic within
+    :data:`~contractssm.planner.profile.CACHE_BYTES`); transcendental work is added on top,
+    and so are the page faults of an output or temporaries (``workspace_bytes``) mapped fresh
+    from the OS.
     """
     if is_view(step, sizes):
         return profile.launch_us * 1e-6, 0.0
@@ -249,7 +256,8 @@ def _roofline(
 ) -> tuple[float, float]:
     width = 2 if step.is_complex else 1
     traffic = (inputs_elements + step.elements * width) * itemsize
-    memory_s = traffic / (profile.elementwise_gbps * 1e9)
+    gbps = profile.cache_gbps if traffic <= CACHE_BYTES else profile.elementwise_gbps
+    memory_s = traffic / (gbps * 1e9)
     launch_s = profile.launch_us * 1e-6
     op = step.op
     if op == "einsum_real":
