@@ -179,6 +179,25 @@ def test_prepared_stream_and_step_match_the_reference(mode, variant):
     assert max(err_y, err_h, err_step, err_step_h) <= TOL64
 
 
+@pytest.mark.parametrize("mode", ["full", "dws"])
+def test_prepared_stream_lays_out_its_kernel_spectrum_once(mode):
+    # full's FFT chunk mixes channels per frequency (rt.spectral_product, frequency-major):
+    # the hoisted kernel spectrum is laid out so in prepare, and every chunk's product reads
+    # it as it lies (the values: test_prepared_stream_and_step_match_the_reference). dws
+    # multiplies per channel: nothing to lay out.
+    _, sizes = sized(mode, 16)
+    source = executors(forced(mode, sizes, VARIANTS[0])).stream.split_source
+    apply_start = source.index("def _stream_apply_body")
+    prepare_start = source.index("def stream_constants")
+    apply, prepare = source[apply_start:prepare_start], source[prepare_start:]
+    flagged = re.findall(r'rt\.spectral_product\("[^"]+", \w+, \w+, \(([^)]*)\)\)', apply)
+    print(mode, "laid out in prepare:", "rt.frequency_major(" in prepare, "flags:", flagged)
+    if mode == "full":
+        assert "rt.frequency_major(" in prepare and flagged == ["True, False"]
+    else:
+        assert "rt.frequency_major(" not in source and not flagged
+
+
 def test_prepare_is_refused_by_kernel_mode():
     graph, sizes = sized("dws", 8)
     ex = executors(contractssm.plan(graph, sizes, dtype="float64"))

@@ -200,6 +200,11 @@ def test_step_seconds_prices_cache_resident_traffic_at_the_cache_bandwidth():
         gbps = 10.0 if traffic <= CACHE_BYTES else 1.0
         print(f"add of {elements} elements ({traffic} B): {seconds * 1e6:.2f} us at {gbps} GB/s")
         assert close(seconds, 1e-5 + traffic / (gbps * 1e9))
+    # A cache rate below the memory one (launch-bound small ops) is not taken.
+    slow_cache = MachineProfile(**{**ROUND.to_dict(), "cache_gbps": 0.1})
+    step = Step("add", "a1", ("p", "q"), "i", False, "conv", elements=1000)
+    seconds, _ = step_seconds(step, {"i": 1000}, 2000, slow_cache, 4, (False, False))
+    assert close(seconds, 1e-5 + 12000 / 1e9)
 
 
 def test_step_seconds_rfft_memory_bound():

@@ -21,6 +21,7 @@ def emit_function(
     header: str = "",
     sizes: dict[str, int] | None = None,
     is_complex: dict[str, bool] | None = None,
+    frequency_major: frozenset[str] = frozenset(),
 ) -> str:
     """Source of a function ``name(*params)`` running ``steps`` and returning ``returns``.
 
@@ -34,6 +35,8 @@ def emit_function(
         sizes: axis sizes; with ``is_complex`` (of every input), lets two-operand contractions
             of like dtypes be emitted as ``torch.matmul`` on views.
         is_complex: whether each input is complex.
+        frequency_major: inputs laid out by :func:`~contractssm.codegen.runtime.frequency_major`
+            (read only by spectral products, see :func:`is_spectral_product`).
     """
     axes = dict(axes)
     cplx = dict(is_complex or {})
@@ -55,7 +58,7 @@ def emit_function(
             last_use[i] = k
     for k, step in enumerate(steps):
         lines.append(f"    # {_describe(step)}")
-        lines.extend("    " + line for line in _emit(step, axes, sizes, cplx))
+        lines.extend("    " + line for line in _emit(step, axes, sizes, cplx, frequency_major))
         axes[step.output] = step.axes
         cplx[step.output] = step.is_complex
         dead = sorted(
@@ -84,15 +87,33 @@ def _describe(step: Step) -> str:
     return f"[{step.phase}] {step.op} {what} -> {shape}{' complex' if step.is_complex else ''}"
 
 
-def _emit(step: Step, axes: dict[str, str], sizes, cplx: dict[str, bool]) -> list[str]:
+def is_spectral_product(step: Step, cplx: dict[str, bool]) -> bool:
+    """Whether ``step`` is a complex product of spectra summing channels (frequency last).
+
+    Emitted as :func:`~contractssm.codegen.runtime.spectral_product`: complex matmuls on
+    frequency-strided views copy matrix by matrix on CPU.
+    """
+    return (
+        step.op == "einsum"
+        and len(step.inputs) == 2
+        and all(bool(cplx.get(i)) for i in step.inputs)
+        and step.equation.endswith("F")
+        and runtime.sums_channels(step.equation)
+    )
+
+
+def _emit(
+    step: Step, axes: dict[str, str], sizes, cplx: dict[str, bool], major=frozenset()
+) -> list[str]:
     out, ins, a = step.output, step.inputs, step.attrs and dict(step.attrs)
     op = step.op
     if op in ("einsum", "einsum_real") and len(ins) == 2 and sizes:
         kinds = (bool(cplx.get(ins[0])), bool(cplx.get(ins[1])))
-        spectral = step.equation.endswith("F") and runtime.sums_channels(step.equation)
-        if op == "einsum" and all(kinds) and spectral:
-            # Complex matmuls on frequency-strided views copy matrix by matrix on CPU.
-            return [f'{out} = rt.spectral_product("{step.equation}", {ins[0]}, {ins[1]})']
+        if is_spectral_product(step, cplx):
+            call = f'rt.spectral_product("{step.equation}", {ins[0]}, {ins[1]}'
+            if major & set(ins):
+                call += f", {tuple(i in major for i in ins)!r}"
+            return [f"{out} = {call})"]
         best = contraction_matmul(op, step.equation, (ins[0], ins[1]), kinds, sizes)
         if best is not None:
             return [f"{out} = {best[1]}"]

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from contractssm.codegen import runtime
-from contractssm.codegen.emit import emit_function
+from contractssm.codegen.emit import emit_function, is_spectral_product
 from contractssm.codegen.fuse import fuse_fft_conv
 from contractssm.codegen.layout import choose_layouts, is_broadcast_product, relabelled
 from contractssm.planner.lower import lower_kernel
@@ -227,6 +227,17 @@ def _split_source(name, params, builder, outputs, plan: Plan, complex_inputs) ->
         dataclasses.replace(st, axes=layouts[st.output]) if st.output in laid_out else st
         for st in const_steps
     )
+    # A hoisted spectrum read only by channel-summing products is laid out frequency-major
+    # once, instead of by every chunk's product.
+    readers = {c: [st for st in var_steps if c in st.inputs] for c in needed}
+    spectra = frozenset(
+        c
+        for c in needed
+        if c not in layouts
+        and c not in outputs
+        and readers[c]
+        and all(is_spectral_product(st, cplx) for st in readers[c])
+    )
     const_src = emit_function(
         f"_{name}_constants_body",
         weights,
@@ -244,6 +255,7 @@ def _split_source(name, params, builder, outputs, plan: Plan, complex_inputs) ->
         outputs,
         {p: apply_axes[p] for p in apply_params},
         is_complex={p: cplx[p] for p in apply_params},
+        frequency_major=spectra,
         **kw,
     )
     dtype = plan.dtype
@@ -251,14 +263,16 @@ def _split_source(name, params, builder, outputs, plan: Plan, complex_inputs) ->
     lines.append(f"    with rt.no_autocast({weights[0]}.device.type):")
     lines += [_converted(p, dtype, complex_inputs) for p in weights]
     made = f"_{name}_constants_body({', '.join(weights)})"
-    if any(c in layouts and c not in laid_out for c in needed):
-        # Hoisted constants are stored in the memory order their readers' matmuls want.
+    if any((c in layouts and c not in laid_out) or c in spectra for c in needed):
+        # Hoisted constants are stored in the memory order their readers want.
         lines.append(f"        c = {made}")
         parts = []
         for k, c in enumerate(needed):
             if c in layouts and c not in laid_out:  # computed once, copied into that order
                 perm = ", ".join(str(axes[c].index(a)) for a in layouts[c])
                 parts.append(f"c[{k}].permute({perm}).contiguous()")
+            elif c in spectra:
+                parts.append(f"rt.frequency_major(c[{k}])")
             else:
                 parts.append(f"c[{k}]")
         made = f"({', '.join(parts)},)"

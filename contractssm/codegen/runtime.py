@@ -469,17 +469,30 @@ def complex_state(h: Tensor, real_dtype: torch.dtype) -> Tensor:
     return torch.view_as_complex(h if h.is_contiguous() else h.contiguous())
 
 
-def spectral_product(equation: str, p: Tensor, q: Tensor) -> Tensor:
+def spectral_product(
+    equation: str, p: Tensor, q: Tensor, laid_out: tuple[bool, bool] = (False, False)
+) -> Tensor:
     """``einsum(equation, p, q)`` of two spectra whose last axis is the frequency.
 
     A product that contracts channels is one complex matmul per frequency. Read in place the
     matrices have the frequency stride, which CPU complex ``bmm`` copies one matrix at a time
     (tens of thousands of copies at 2049 frequencies); frequency-major copies of both
     operands cost two passes instead: ~3x faster for 32 x 32 channels. The product is
-    transposed back (see :func:`_product`).
+    transposed back (see :func:`_product`). An operand flagged in ``laid_out`` is already
+    frequency-major (:func:`frequency_major`: a prepared stream's kernel spectrum, copied once).
     """
     major = sums_channels(equation)
-    return _product(equation, _laid_out(p, major), _laid_out(q, major), major)
+    p, q = (t if done else _laid_out(t, major) for t, done in zip((p, q), laid_out, strict=True))
+    return _product(equation, p, q, major)
+
+
+def frequency_major(spectrum: Tensor) -> Tensor:
+    """``spectrum`` laid out as :func:`spectral_product` reads a channel-summing operand.
+
+    Its last (frequency) axis moved first, copied: a constant read by every chunk of a stream
+    is laid out once (a ``full`` (8, 64, 64) chunk's product 2.9 -> 1.2 ms).
+    """
+    return _frequency_major(spectrum)
 
 
 def sums_channels(equation: str) -> bool:

@@ -56,7 +56,9 @@ class MachineProfile:
         fft_gflops: GFLOP/s of FFTs, counting ``2.5 n log2 n`` flops per real transform.
         elementwise_gbps: GB/s of memory-bound elementwise work (reads plus writes) on
             tensors larger than the caches.
-        cache_gbps: the same for a step whose traffic fits in :data:`CACHE_BYTES`. Priced at
+        cache_gbps: the same for a step whose traffic fits in :data:`CACHE_BYTES` (never
+            taken below ``elementwise_gbps``: a device whose small ops are launch-bound, like a
+            GPU, has that cost in ``launch_us``). Priced at
             ``elementwise_gbps``, small steps were overpriced ~20x: a stream's chunk of
             ``s5`` at batch 1 (256 channels, 64 states), the spectral product over 64 x 257
             complex predicted 205 us against ~10 us measured, which rated its FFT program

@@ -256,7 +256,9 @@ def _roofline(
 ) -> tuple[float, float]:
     width = 2 if step.is_complex else 1
     traffic = (inputs_elements + step.elements * width) * itemsize
-    gbps = profile.cache_gbps if traffic <= CACHE_BYTES else profile.elementwise_gbps
+    gbps = profile.elementwise_gbps
+    if traffic <= CACHE_BYTES:
+        gbps = max(gbps, profile.cache_gbps)
     memory_s = traffic / (gbps * 1e9)
     launch_s = profile.launch_us * 1e-6
     op = step.op
