@@ -290,3 +290,50 @@ def test_chunk_matrix_is_the_chunk_recurrence():
         t.clone().requires_grad_() for t in (rate[:1, :1], w[:1, :1], u[:2, :1, :1], h0[:2, :1, :1])
     ]
     assert torch.autograd.gradcheck(lambda *ts: chunk(*ts), leaves)
+
+
+def test_large_buffers_are_advised_as_huge_pages(monkeypatch):
+    # memory.empty advises whole 2 MiB pages inside a buffer of at least 32 MiB (page faults
+    # 6x cheaper where transparent huge pages are on), nothing for a small one; the advice is
+    # skipped while torch.compile traces.
+    from contractssm.codegen import memory
+
+    calls = []
+    monkeypatch.setattr(memory, "_madvise", lambda: lambda *a: calls.append(a) or 0)
+    small = memory.empty((1024,), torch.float32, "cpu")
+    assert small.shape == (1024,) and small.dtype == torch.float32 and not calls
+    big = memory.empty((8, 1 << 20), torch.float32, "cpu")  # exactly 32 MiB
+    assert big.shape == (8, 1 << 20) and len(calls) == 1
+    start, length, advice = calls[0]
+    page = memory.HUGE_PAGE_BYTES
+    first = big.data_ptr()
+    print(f"buffer at {first:#x}: advised {length >> 20} MiB from {start:#x}")
+    assert advice == memory.MADV_HUGEPAGE and start % page == 0 and length % page == 0
+    assert first <= start and start + length <= first + (32 << 20)
+    assert length >= (32 << 20) - 2 * page  # every whole huge page inside
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert memory.advise_huge_pages(big) is False and len(calls) == 1
+
+
+def test_advice_on_this_machine_never_fails_the_buffer():
+    # The real madvise (or none off Linux): the buffer is usable either way.
+    from contractssm.codegen import memory
+
+    t = memory.empty((8, 1 << 20), torch.float32, "cpu").fill_(2.0)
+    print(f"advised: {memory.advise_huge_pages(t)}")
+    assert float(t.sum()) == 2.0 * t.numel()
+
+
+def test_large_laid_out_powers_equal_the_permuted_powers():
+    # A 32 MiB table (64 x 64 states x 1024 powers), written into an advised buffer.
+    gen = torch.Generator().manual_seed(5)
+    decay, phase = torch.rand(64, 64, generator=gen), torch.randn(64, 64, generator=gen)
+    rate = torch.complex(-0.05 * decay, phase)
+    got = rt.powers_laid_out(rate, 1024, 1, 1, torch.float32, "cpu", (2, 0, 1))
+    want = rt.powers(rate, 1024, 1, 1, torch.float32, "cpu").permute(2, 0, 1)
+    tau = 1 + torch.arange(1024, dtype=torch.float64)
+    exact = torch.exp(rate.to(torch.complex128)[..., None] * tau).permute(2, 0, 1)
+    err = (got - want).abs().max().item()
+    err_exact = (got.to(torch.complex128) - exact).abs().max().item()
+    print(f"32 MiB laid-out table: against powers {err:.1e}, against exp {err_exact:.1e}")
+    assert got.is_contiguous() and err < 1e-6 and err_exact < 1e-4

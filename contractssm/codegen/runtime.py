@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from contractssm.codegen import memory
 from contractssm.planner.steps import (
     FACTOR_POWERS,
     GEOMETRIC_MIN_ELEMENTS,
@@ -174,8 +175,10 @@ def powers_laid_out(
     last = rate.dim()
     split = [a for i in order for a in ((last, last + 1) if i == last else (i,))]
     shape = [(*rate.shape, coarse, fine)[a] for a in split]
-    out = torch.empty(shape, dtype=outer.dtype, device=outer.device)
-    torch.mul(outer.permute(split), inner.permute(split), out=out)
+    out = memory.empty(shape, outer.dtype, outer.device)
+    # Both factors copied into the table's order first (each is 1/fine or 1/coarse of it):
+    # the broadcast product then reads them unit-strided, where the permuted views gathered.
+    torch.mul(outer.permute(split).contiguous(), inner.permute(split).contiguous(), out=out)
     at = order.index(last)
     out = out.flatten(at, at + 1)
     return out if coarse * fine == count else out.narrow(at, start, count).contiguous()
