@@ -198,6 +198,38 @@ def test_prepared_stream_lays_out_its_kernel_spectrum_once(mode):
         assert "rt.frequency_major(" not in source and not flagged
 
 
+@pytest.mark.parametrize("in_place", [False, True], ids=["re-first", "in-place"])
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_step_output_read_in_place_or_real_part_first(mode, in_place, monkeypatch):
+    # A step's output takes Re of the new state first (small states) or reads it as (Re, Im)
+    # pairs in the last product (from state.STEP_STATE_IN_PLACE states): both the reference.
+    monkeypatch.setattr(state, "STEP_STATE_IN_PLACE", 1 if in_place else 1 << 62)
+    executor_module._executors.cache_clear()
+    L = 6
+    graph, sizes = sized(mode, 1)
+    ops = random_operands(graph, {**sizes, graph.time: L}, seed=9)
+    args = canonical_args(graph, ops)
+    h0 = torch.randn(*[sizes[i] for i in graph.state_indices], 2, dtype=torch.float64)
+    p = contractssm.plan(graph, {**sizes, graph.time: L}, dtype="float64")
+    y_ref, h_ref = reference_with_state(graph, p, ops, h0)
+    ex = executors(contractssm.plan(graph, sizes, dtype="float64"))
+    executor_module._executors.cache_clear()
+    t_axis = graph.signal.indices.index(graph.time)
+    state_now, ys = h0, []
+    for t in range(L):
+        y, state_now = ex.step(args[0].select(t_axis, t), *args[1:], state_now)
+        ys.append(y)
+    err_y = rel_err(torch.stack(ys, dim=graph.output_indices.index(graph.time)), y_ref)
+    err_h = rel_err(torch.view_as_complex(state_now), h_ref)
+    body = ex.step.source[: ex.step.source.index("def step")]
+    print(f"{mode} {'in place' if in_place else 'Re first'}: y {err_y:.2e}, h {err_h:.2e}")
+    assert max(err_y, err_h) <= TOL64
+    if in_place:
+        assert "[output] real " not in body
+    elif mode == "full":  # real out-side weights: Re of the state, then a real product
+        assert "[output] real " in body
+
+
 def test_prepare_is_refused_by_kernel_mode():
     graph, sizes = sized("dws", 8)
     ex = executors(contractssm.plan(graph, sizes, dtype="float64"))
