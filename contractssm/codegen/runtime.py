@@ -164,8 +164,10 @@ def powers_laid_out(
     A prepared stream stores its hoisted tables in the order its per-chunk matmuls read
     them; writing a factorised run's outer product there directly saves the copy (a pass
     over the table and, from 32 MiB on, its page faults): the two 128 MiB tables of a
-    ``full`` (8, 64, 64, 16) stream at chunks of 256, prepare 253 -> 136 ms.
-    Small runs (one exp, or one geometric sequence) are computed and copied as before.
+    ``full`` (8, 64, 64, 16) stream at chunks of 256, prepare 253 -> 136 ms; written into
+    huge-page memory (:func:`~contractssm.codegen.memory.empty`) from factors copied into the
+    table's order, 137 -> 60 ms. Small runs (one exp, or one geometric sequence) are
+    computed and copied as before.
     """
     if not _factorised(rate, count):
         return powers(rate, count, scale, offset, rdt, dev).permute(order).contiguous()
