@@ -400,20 +400,25 @@ def chunk_matrix(weighted: Tensor, powers: Tensor, n_groups: int) -> Tensor:
     states = powers.shape[-2]
     kernel = weighted[..., :steps].real.sum(-2)
     grow, fade, decay = weighted[..., 1:], powers[..., :steps].flip(-1), powers[..., steps]
-    # u[j] -> z[t] (the Toeplitz, transposed: rows are inputs) and -> h'[s] (Re, Im of fade)
-    fade_pairs = torch.view_as_real(fade.transpose(-1, -2)).flatten(-2)
-    from_u = torch.cat([toeplitz(kernel, None).transpose(-1, -2), fade_pairs], -1)
+    # The four blocks are written into one matrix (concatenations copied each block twice).
+    out = kernel.new_empty((*groups, steps + 2 * states, steps + 2 * states))
+    # u[j] -> z[t]: the Toeplitz transposed, k[t - j] for t >= j: the windows of the kernel
+    # left-padded with zeros, rows reversed (windows[n - 1 - j, t] = k[t - j]).
+    padded = torch.nn.functional.pad(kernel, (steps - 1, 0))
+    out[..., :steps, :steps] = padded.unfold(-1, steps, 1).flip(-2)
+    # u[j] -> h'[s]: (Re, Im) of the fade a^(T-1-j)
+    out[..., :steps, steps:] = torch.view_as_real(fade.transpose(-1, -2)).flatten(-2)
     # (Re h, Im h)[s] -> z[t]: Re(g h) = Re g Re h - Im g Im h
-    to_z = torch.stack([grow.real, -grow.imag], -2).flatten(-3, -2)
+    out[..., steps:, :steps] = torch.stack([grow.real, -grow.imag], -2).flatten(-3, -2)
     # (Re h, Im h)[s] -> (Re h', Im h')[s]: multiplication by a^T as a 2 x 2 real block
     dr, di = decay.real, decay.imag
     block = torch.stack([torch.stack([dr, di], -1), torch.stack([-di, dr], -1)], -2)
     n = block.dim()
     diagonal = torch.diag_embed(block.permute(*range(n - 3), n - 2, n - 1, n - 3))
-    to_h = diagonal.permute(*range(n - 3), n - 1, n - 3, n, n - 2).reshape(
+    out[..., steps:, steps:] = diagonal.permute(*range(n - 3), n - 1, n - 3, n, n - 2).reshape(
         *groups, 2 * states, 2 * states
     )
-    return torch.cat([from_u, torch.cat([to_z, to_h], -1)], -2)
+    return out
 
 
 def chunk_apply(u: Tensor, h0: Tensor, matrix: Tensor) -> Tensor:
