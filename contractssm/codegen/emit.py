@@ -103,7 +103,7 @@ def is_spectral_product(step: Step, cplx: dict[str, bool]) -> bool:
 
 
 def _emit(
-    step: Step, axes: dict[str, str], sizes, cplx: dict[str, bool], major=frozenset()
+    step: Step, axes: dict[str, str], sizes, cplx: dict[str, bool], frequency_major=frozenset()
 ) -> list[str]:
     out, ins, a = step.output, step.inputs, step.attrs and dict(step.attrs)
     op = step.op
@@ -111,8 +111,8 @@ def _emit(
         kinds = (bool(cplx.get(ins[0])), bool(cplx.get(ins[1])))
         if is_spectral_product(step, cplx):
             call = f'rt.spectral_product("{step.equation}", {ins[0]}, {ins[1]}'
-            if major & set(ins):
-                call += f", {tuple(i in major for i in ins)!r}"
+            if frequency_major & set(ins):
+                call += f", {tuple(i in frequency_major for i in ins)!r}"
             return [f"{out} = {call})"]
         best = contraction_matmul(op, step.equation, (ins[0], ins[1]), kinds, sizes)
         if best is not None:
