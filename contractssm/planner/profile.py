@@ -152,7 +152,6 @@ def default_profile(device_kind: str = "cpu") -> MachineProfile:
             },
             fft_gflops=2000.0,
             elementwise_gbps=1500.0,
-            cache_gbps=1500.0,
             transcendental_gelems=100.0,
             launch_us=6.0,
             fresh_memory_gbps=1e6,
