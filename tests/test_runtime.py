@@ -214,6 +214,90 @@ def test_fft_conv_with_blocked_transposes_matches_the_definition(monkeypatch):
     _check_fft_conv(kernel, signal, "bdF,adF->abF", 32, 16)
 
 
+def test_fft_conv_scratch_is_never_read_after_reuse(monkeypatch):
+    # Two convolutions of different sizes share the scratch slots: both forwards run before
+    # either backward, the second backward after the first has overwritten every slot. Each
+    # must still equal its own definition (values and float64 gradients).
+    from contractssm.codegen import memory
+
+    monkeypatch.setattr(rt, "TRANSPOSE_BLOCK", 4)
+    memory.release_scratch()
+    gen = torch.Generator().manual_seed(3)
+    cases = [((3, 4, 16), (5, 4, 16), 32, 16), ((6, 2, 9), (7, 2, 9), 18, 9)]
+    leaves, outs = [], []
+    for k_shape, u_shape, n, length in cases:
+        k = torch.randn(k_shape, dtype=torch.float64, generator=gen, requires_grad=True)
+        u = torch.randn(u_shape, dtype=torch.float64, generator=gen, requires_grad=True)
+        leaves.append((k, u, n, length))
+        outs.append(rt.fft_conv(k, u, "bdF,adF->abF", n, length))
+    assert memory._pool(), "the blocked path should have used scratch memory"
+    for (k, u, n, length), y in zip(leaves, outs, strict=True):
+        weight = torch.randn(y.shape, dtype=torch.float64, generator=gen)
+        got = torch.autograd.grad((y * weight).sum(), (k, u))
+        k2, u2 = k.detach().requires_grad_(), u.detach().requires_grad_()
+        plain = torch.fft.irfft(
+            torch.einsum("bdF,adF->abF", torch.fft.rfft(k2, n=n), torch.fft.rfft(u2, n=n)), n=n
+        )[..., :length]
+        want = torch.autograd.grad((plain * weight).sum(), (k2, u2))
+        errs = [(y - plain).abs().max().item()] + [
+            (g - w).abs().max().item() for g, w in zip(got, want, strict=True)
+        ]
+        print(f"n={n}: value and gradient max errors {[f'{e:.1e}' for e in errs]}")
+        assert max(errs) < 1e-12
+
+
+def test_scratch_reuses_one_buffer_per_slot_and_stays_in_bounds(monkeypatch):
+    from contractssm.codegen import memory
+
+    memory.release_scratch()
+    a = memory.scratch("t.a", (4, 8), torch.float32, "cpu")
+    b = memory.scratch("t.a", (2, 3), torch.float32, "cpu")  # smaller: the same memory
+    assert b.data_ptr() == a.data_ptr() and b.shape == (2, 3) and b.is_contiguous()
+    c = memory.scratch("t.b", (4, 8), torch.float32, "cpu")  # another slot: its own
+    assert c.data_ptr() != a.data_ptr()
+    d = memory.scratch("t.a", (8, 8), torch.float32, "cpu")  # larger: grown
+    assert (
+        d.shape == (8, 8)
+        and memory.scratch("t.a", (8, 8), torch.float32, "cpu").data_ptr() == d.data_ptr()
+    )
+    # Over the bound, while compiling, and in another dtype: not the kept buffer.
+    monkeypatch.setattr(memory, "SCRATCH_MAX_BYTES", 64)
+    assert memory.scratch("t.a", (4, 8), torch.float32, "cpu").data_ptr() != d.data_ptr()
+    monkeypatch.setattr(memory, "SCRATCH_MAX_BYTES", 2**20)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert memory.scratch("t.a", (4, 8), torch.float32, "cpu").data_ptr() != d.data_ptr()
+    monkeypatch.undo()
+    assert memory.scratch("t.a", (4,), torch.float64, "cpu").dtype == torch.float64
+    # First asked for under inference mode, the buffer is a normal tensor: a later training
+    # call may write it.
+    memory.release_scratch()
+    with torch.inference_mode():
+        memory.scratch("t.c", (5,), torch.float32, "cpu")
+    memory.scratch("t.c", (5,), torch.float32, "cpu").fill_(1.0)
+    memory.release_scratch()
+    assert not memory._pool()
+
+
+def test_compiled_fft_conv_backward_equals_eager(monkeypatch):
+    # Blocked transposes (scratch memory in eager) traced by torch.compile with the backward.
+    monkeypatch.setattr(rt, "TRANSPOSE_BLOCK", 4)
+    gen = torch.Generator().manual_seed(5)
+    k = torch.randn(3, 4, 16, generator=gen, requires_grad=True)
+    u = torch.randn(5, 4, 16, generator=gen, requires_grad=True)
+    weight = torch.randn(5, 3, 16, generator=gen)
+
+    def conv(k, u):
+        return rt.fft_conv(k, u, "bdF,adF->abF", 32, 16)
+
+    results = []
+    for fn in (conv, torch.compile(conv, fullgraph=True)):
+        y = fn(k, u)
+        results.append((y.detach(), *torch.autograd.grad((y * weight).sum(), (k, u))))
+    errs = [(a - b).abs().max().item() for a, b in zip(*results, strict=True)]
+    print(f"compiled vs eager: value and gradient max errors {errs}")
+    assert max(errs) < 1e-5
+
+
 @pytest.mark.parametrize("chunks", [1, 2, 7, 8])
 def test_chunk_scan_sequential_and_parallel_agree_with_the_definition(chunks, monkeypatch):
     gen = torch.Generator().manual_seed(chunks)

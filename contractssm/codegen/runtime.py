@@ -522,29 +522,34 @@ def _frequency_first(equation: str) -> str:
     return f"{','.join(moved[:-1])}->{moved[-1]}"
 
 
-def _laid_out(spectrum: Tensor, major: bool) -> Tensor:
-    """``spectrum`` as :func:`_product` reads it: frequency-major (copied) or as it is."""
-    return _frequency_major(spectrum) if major else spectrum
+def _laid_out(spectrum: Tensor, major: bool, slot: str | None = None) -> Tensor:
+    """``spectrum`` as :func:`_product` reads it: frequency-major (copied) or as it is.
+
+    With a ``slot``, the copy is :func:`~contractssm.codegen.memory.scratch` memory.
+    """
+    return _frequency_major(spectrum, slot) if major else spectrum
 
 
-def _product(equation: str, p: Tensor, q: Tensor, major: bool) -> Tensor:
+def _product(equation: str, p: Tensor, q: Tensor, major: bool, slot: str | None = None) -> Tensor:
     """``einsum(equation, ...)`` of two :func:`_laid_out` spectra, frequency last, contiguous.
 
     A frequency-major product is transposed back before the inverse FFT reads it: the FFT of
     lines strided by the channel count costs ~4x an FFT of contiguous lines (MKL c2r of a
     (1024, 2049) spectrum: 9.6 ms strided, 2.4 ms contiguous plus 1.9 ms for the transpose).
+    With a ``slot``, that transpose is written into scratch memory (for an inverse FFT that
+    reads it at once).
     """
     if major:
         product = torch.einsum(_frequency_first(equation), p, q)
-        return _transposed(product.reshape(product.shape[0], -1)).reshape(
+        return _transposed(product.reshape(product.shape[0], -1), slot).reshape(
             *product.shape[1:], product.shape[0]
         )
     return einsum(equation, p, q)
 
 
-def _frequency_major(t: Tensor) -> Tensor:
+def _frequency_major(t: Tensor, slot: str | None = None) -> Tensor:
     """``t`` with its last (frequency) axis moved first, copied (one 2-D transpose)."""
-    return _transposed(t.reshape(-1, t.shape[-1])).reshape(t.shape[-1], *t.shape[:-1])
+    return _transposed(t.reshape(-1, t.shape[-1]), slot).reshape(t.shape[-1], *t.shape[:-1])
 
 
 #: Rows per block of :func:`_transposed`: a block of 128 rows of a spectrum (~1-2 MiB) stays in
@@ -552,18 +557,22 @@ def _frequency_major(t: Tensor) -> Tensor:
 TRANSPOSE_BLOCK = 128
 
 
-def _transposed(m: Tensor) -> Tensor:
+def _transposed(m: Tensor, slot: str | None = None) -> Tensor:
     """The contiguous transpose of the 2-D ``m``, copied a block of rows at a time.
 
     ``m.t().contiguous()`` walks the whole input once per output row; blocks of rows keep
     the reads in cache. Measured on a 2-core EPYC, complex64: (1024, 2049) 1.95 -> 1.28 ms,
     (512, 4097) 1.99 -> 0.98 ms, (16384, 1025) 74 -> 52 ms; FFTConv of ``full`` (32, 32, 2048)
-    forward+backward with the transposes back 67 -> 48 ms (21 interleaved rounds).
+    forward+backward with the transposes back 67 -> 48 ms (21 interleaved rounds). With a
+    ``slot`` (never under autograd) the transpose is written into scratch memory.
     """
     rows, cols = m.shape
     if rows <= TRANSPOSE_BLOCK or m.requires_grad:
         return m.t().contiguous()
-    out = torch.empty(cols, rows, dtype=m.dtype, device=m.device)
+    if slot is None:
+        out = torch.empty(cols, rows, dtype=m.dtype, device=m.device)
+    else:
+        out = memory.scratch(slot, (cols, rows), m.dtype, m.device)
     for start in range(0, rows, TRANSPOSE_BLOCK):
         out[:, start : start + TRANSPOSE_BLOCK].copy_(m[start : start + TRANSPOSE_BLOCK].t())
     return out
@@ -593,7 +602,7 @@ class FFTConv(torch.autograd.Function):
         fk = _laid_out(torch.fft.rfft(kernel, n=n), ctx.major)
         fu = _laid_out(torch.fft.rfft(signal, n=n), ctx.major)
         ctx.save_for_backward(fk, fu)
-        spectrum = _product(equation, fk, fu, ctx.major)
+        spectrum = _product(equation, fk, fu, ctx.major, slot="fft_conv.product")
         return torch.fft.irfft(spectrum, n=n)[..., :length]
 
     @staticmethod
@@ -607,10 +616,12 @@ class FFTConv(torch.autograd.Function):
         # conj(g) against the saved spectra, the product conjugated after: equal to g against
         # their conjugates, without conjugate copies of them. The layout is the forward's
         # (whether the forward product sums channels; a backward product may sum the batch).
-        g = _laid_out(torch.fft.rfft(grad, n=n), ctx.major).conj_physical_()
+        g = torch.fft.rfft(grad, n=n)
+        g = _laid_out(g, ctx.major, slot="fft_conv.gradient").conj_physical_()
 
         def correlate(equation, spectrum):
-            return _product(equation, g, spectrum, ctx.major).conj_physical_()
+            product = _product(equation, g, spectrum, ctx.major, slot="fft_conv.product")
+            return product.conj_physical_()
 
         d_kernel = d_signal = None
         if ctx.needs_input_grad[0]:
