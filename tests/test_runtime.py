@@ -223,26 +223,32 @@ def test_fft_conv_scratch_is_never_read_after_reuse(monkeypatch):
     monkeypatch.setattr(rt, "TRANSPOSE_BLOCK", 4)
     memory.release_scratch()
     gen = torch.Generator().manual_seed(3)
-    cases = [((3, 4, 16), (5, 4, 16), 32, 16), ((6, 2, 9), (7, 2, 9), 18, 9)]
+    # Channel-summing (frequency-major) and elementwise products, interleaved.
+    cases = [
+        ((3, 4, 16), (5, 4, 16), 32, 16, "bdF,adF->abF"),
+        ((4, 9), (3, 4, 9), 18, 9, "cF,acF->acF"),
+        ((6, 2, 9), (7, 2, 9), 18, 9, "bdF,adF->abF"),
+        ((4, 16), (2, 4, 16), 32, 16, "cF,acF->acF"),
+    ]
     leaves, outs = [], []
-    for k_shape, u_shape, n, length in cases:
+    for k_shape, u_shape, n, length, equation in cases:
         k = torch.randn(k_shape, dtype=torch.float64, generator=gen, requires_grad=True)
         u = torch.randn(u_shape, dtype=torch.float64, generator=gen, requires_grad=True)
-        leaves.append((k, u, n, length))
-        outs.append(rt.fft_conv(k, u, "bdF,adF->abF", n, length))
+        leaves.append((k, u, n, length, equation))
+        outs.append(rt.fft_conv(k, u, equation, n, length))
     assert memory._pool(), "the blocked path should have used scratch memory"
-    for (k, u, n, length), y in zip(leaves, outs, strict=True):
+    for (k, u, n, length, equation), y in zip(leaves, outs, strict=True):
         weight = torch.randn(y.shape, dtype=torch.float64, generator=gen)
         got = torch.autograd.grad((y * weight).sum(), (k, u))
         k2, u2 = k.detach().requires_grad_(), u.detach().requires_grad_()
         plain = torch.fft.irfft(
-            torch.einsum("bdF,adF->abF", torch.fft.rfft(k2, n=n), torch.fft.rfft(u2, n=n)), n=n
+            torch.einsum(equation, torch.fft.rfft(k2, n=n), torch.fft.rfft(u2, n=n)), n=n
         )[..., :length]
         want = torch.autograd.grad((plain * weight).sum(), (k2, u2))
         errs = [(y - plain).abs().max().item()] + [
             (g - w).abs().max().item() for g, w in zip(got, want, strict=True)
         ]
-        print(f"n={n}: value and gradient max errors {[f'{e:.1e}' for e in errs]}")
+        print(f"{equation} n={n}: value and gradient max errors {[f'{e:.1e}' for e in errs]}")
         assert max(errs) < 1e-12
 
 

@@ -20,13 +20,17 @@ advising heap buffers of 16 MiB (``full`` (32, 32, 2048)) gained nothing.
 the top of its heap to the system once more than twice its (grown) mmap threshold is free
 there, so the 16 MiB spectra of ``full`` (32, 32, 2048) page-faulted afresh on most calls
 (~16k faults, ~60 MiB, per forward+backward). :func:`scratch` keeps one buffer per named slot
-and thread for a temporary that dies inside one runtime call (the frequency-major gradient
-spectrum that both backward products read, each product transposed back for the inverse
-FFT): that cell's forward+backward 98.6 -> 84.2 and 100.3 -> 76.9 ms in two runs (12
-interleaved rounds each), no faults left. FFT outputs are not written into scratch:
+and thread for a temporary that dies inside one runtime call: in ``FFTConv``, each
+zero-padded FFT input, the frequency-major gradient spectrum that both backward products
+read, and each product (transposed back, or elementwise) that the inverse FFT reads at once.
+Against the FFTConv of 8214c53 (same programs, 11 interleaved rounds): ``full`` (32, 32,
+2048) forward+backward 72.8 -> 64.3 ms, (8, 64, 1024) 192 -> 150 ms; ``dws`` (8, 64, 1024)
+15.7 -> 12.1 ms, (8, 64, 4096) 51.4 -> 37.7 ms; ``s4d`` (32, 2048) 141 -> 103 ms; cells of
+a few milliseconds unchanged within noise. FFT outputs are not written into scratch:
 ``torch.fft.rfft(..., out=)`` computes into a fresh tensor and copies (0.9 ms more per
-(1024, 2049) spectrum). Kept buffers are bounded by :data:`SCRATCH_MAX_BYTES` each;
-:func:`release_scratch` frees them.
+(1024, 2049) spectrum). Kept buffers are bounded by :data:`SCRATCH_MAX_BYTES` each (larger
+temporaries, as in ``full`` (8, 64, 4096), are allocated as before); :func:`release_scratch`
+frees them.
 
 Nothing here is traced by ``torch.compile`` (the advice is skipped and scratch is freshly
 allocated while compiling) and a platform without ``madvise`` gets plain tensors.
