@@ -337,10 +337,48 @@ def test_prepared_stream_contracts_by_matmul(mode, variant):
     assert not slow, slow
 
 
-def _forced_split(graph, sizes, strategy, state_inputs, profile, itemsize):
+def _forced_split(graph, sizes, strategy, state_inputs, profile, itemsize, shared_table=True):
     split = state.state_split(sizes[graph.time])
     assert split is not None
-    return state._lower_stream(graph, sizes, strategy, state_inputs, profile, itemsize, split)
+    return state._lower_stream(
+        graph, sizes, strategy, state_inputs, profile, itemsize, split, shared_table
+    )
+
+
+@pytest.mark.parametrize("shared_table", [True, False])
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_stream_with_one_or_two_tables_of_state_powers_matches_the_reference(
+    mode, shared_table, monkeypatch
+):
+    # One table a^t read by the output (against a h0) and by the final state (against the
+    # chunk reversed), or the two tables a^(t+1) and a^(L-1-t): three chunks of 8 steps from a
+    # random initial state, each form forced for every mode.
+    def forced(graph, sizes, strategy, state_inputs, profile, itemsize, shared=True):
+        return state._lower_stream(
+            graph, sizes, strategy, state_inputs, profile, itemsize, None, shared_table
+        )
+
+    monkeypatch.setattr(executor_module, "lower_stream", forced)
+    executor_module._executors.cache_clear()
+    run = _run_prepared_stream(mode, 24, 8, seed=11)
+    executor_module._executors.cache_clear()
+    source = run.ex.stream.split_source
+    print(f"{mode} shared={shared_table}: output err {run.err_y:.2e}, state err {run.err_h:.2e}")
+    assert (".flip(" in source) == shared_table
+    assert ("scale=-1" in source) == (not shared_table)
+    assert run.err_y <= TOL64 and run.err_h <= TOL64
+
+
+def test_stream_shares_its_table_of_powers_unless_a_chunk_would_copy_it():
+    # s4d's readers agree on a memory order: one table. full's want two at these sizes
+    # (one reader would permute-copy a shared table every chunk): the generator builds two.
+    for mode, shared in (("s4d", True), ("full", False)):
+        _, sizes = sized(mode, 16)
+        sizes = {k: max(v, 2) for k, v in sizes.items()}
+        stream = executors(contractssm.plan(mode, sizes)).stream
+        source = stream.split_source
+        print(mode, "copied per chunk:", stream.copied_constants)
+        assert (".flip(" in source) == shared and not stream.copied_constants
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
@@ -424,8 +462,11 @@ def test_prepared_stream_with_tables_laid_out_for_their_readers(mode, monkeypatc
     laid_out = "rt.powers_laid_out" in run.ex.stream.split_source
     print(f"{mode}: laid out: {laid_out}; output err {run.err_y:.2e}, state err {run.err_h:.2e}")
     assert run.err_y <= TOL64 and run.err_h <= TOL64
-    if mode in ("dws", "full", "s4d"):  # their readers want the time axis moved
+    if mode in ("full", "s4d"):  # their readers want the time axis moved
         assert laid_out
+    if mode == "dws":  # its one table a^t is also its kernel's: computed once, then copied
+        assert "rt.powers_laid_out" not in run.ex.stream.split_source
+        assert ".permute(0, 2, 1).contiguous()" in run.ex.stream.split_source
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))

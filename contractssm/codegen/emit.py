@@ -147,6 +147,8 @@ def _emit(
         return [f"{out} = torch.fft.{op}({ins[0]}, n={a['n']})"]
     if op in ("irfft", "ifft"):
         return [f"{out} = torch.fft.{op}({ins[0]}, n={a['n']})[..., :{a['length']}]"]
+    if op == "reverse":
+        return [f"{out} = {ins[0]}.flip({axes[ins[0]].index('T')})"]
     if op == "toeplitz":
         return [f"{out} = rt.toeplitz({ins[0]}, dev)"]
     if op == "chunk":

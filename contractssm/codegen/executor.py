@@ -35,6 +35,7 @@ from contractssm.codegen.emit import emit_function, is_spectral_product
 from contractssm.codegen.fuse import fuse_fft_conv
 from contractssm.codegen.layout import choose_layouts, is_broadcast_product, relabelled
 from contractssm.planner.lower import lower_kernel
+from contractssm.planner.matmul import contraction_matmul
 from contractssm.planner.plan import Plan
 from contractssm.planner.profile import default_profile
 from contractssm.planner.state import hoisted, lower_step, lower_stream
@@ -62,6 +63,10 @@ class Executor:
     split: tuple[object, object] | None = None
     #: The source of the split functions.
     split_source: str = ""
+    #: For ``stream`` and ``step``: the per-chunk contractions of the split program that read
+    #: a prepared constant through ``einsum`` rather than a matmul on views (each permute-copies
+    #: that constant on every chunk); the code generator avoids them where it can.
+    copied_constants: tuple[str, ...] = ()
 
     def __call__(self, *args):
         """Run the generated function."""
@@ -118,12 +123,23 @@ def _executors(plan: Plan) -> Executors:
 
     kb, kout = lower_kernel(graph, sizes, plan.strategy, profile, itemsize)
     kernel = _make("kernel", operands, kb, kout, plan, header, state=False)
-    sb, sout = lower_stream(graph, sizes, plan.strategy, plan.state_inputs, profile, itemsize)
-    stream = _make("stream", (*operands, "h0"), sb, sout, plan, header, state=True)
+    stream = _make_stream(graph, sizes, plan, profile, itemsize, header, shared_table=True)
+    if stream.copied_constants:  # one table of powers, unless a chunk would copy it
+        two = _make_stream(graph, sizes, plan, profile, itemsize, header, shared_table=False)
+        if len(two.copied_constants) < len(stream.copied_constants):
+            stream = two
     step_sizes = dict(sizes, **{graph.time: 1})
     tb, tout = lower_step(graph, step_sizes, plan.state_inputs, profile, itemsize)
     step = _make("step", (*operands, "h0"), tb, tout, plan, header, state=True)
     return Executors(plan, kernel, stream, step)
+
+
+def _make_stream(graph, sizes, plan: Plan, profile, itemsize, header, shared_table) -> Executor:
+    sb, sout = lower_stream(
+        graph, sizes, plan.strategy, plan.state_inputs, profile, itemsize, shared_table
+    )
+    operands = (*(op.name for op in graph.operands), "h0")
+    return _make("stream", operands, sb, sout, plan, header, state=True)
 
 
 def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) -> Executor:
@@ -152,9 +168,9 @@ def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) 
     lines += [_converted(p, plan.dtype, complex_inputs) for p in params]
     call = f"_{name}_body({', '.join(params)})"
     split = None
-    split_source = ""
+    split_source, copied = "", ()
     if state:
-        split_source = _split_source(name, params, builder, outputs, plan, complex_inputs)
+        split_source, copied = _split_source(name, params, builder, outputs, plan, complex_inputs)
         split_ns = {"torch": torch, "rt": runtime}
         split_file = f"<contractssm-{name}-split-{abs(hash(plan))}>"
         linecache.cache[split_file] = (
@@ -176,7 +192,7 @@ def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) 
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace = {"torch": torch, "rt": runtime}
     exec(compile(source, filename, "exec"), namespace)
-    return Executor(name, params, source, namespace[name], split, split_source)
+    return Executor(name, params, source, namespace[name], split, split_source, copied)
 
 
 def _converted(p: str, dtype: str, complex_inputs: set[str]) -> str:
@@ -188,8 +204,12 @@ def _converted(p: str, dtype: str, complex_inputs: set[str]) -> str:
     return f"        {p} = rt.to_dtype({p}, torch.{dtype})"
 
 
-def _split_source(name, params, builder, outputs, plan: Plan, complex_inputs) -> str:
+def _split_source(
+    name, params, builder, outputs, plan: Plan, complex_inputs
+) -> tuple[str, tuple[str, ...]]:
     """``{name}_constants(A, *weights)`` and ``{name}_apply(x, consts, A, *weights, h0)``.
+
+    Returns the source and :func:`_copied_constants` of the per-chunk steps.
 
     A step is constant when every input is a parameter (not ``x``, not ``h0``) or a constant
     step's output (:func:`~contractssm.planner.state.hoisted`, which the stream's per-chunk
@@ -285,7 +305,29 @@ def _split_source(name, params, builder, outputs, plan: Plan, complex_inputs) ->
     args = ", ".join(("x", "h0", *weights, "*constants"))
     lines.append(f"        y, h = _{name}_apply_body({args})")
     lines.append("        return y, torch.view_as_real(h)")
-    return const_src + "\n\n" + apply_src + "\n\n" + "\n".join(lines) + "\n"
+    source = const_src + "\n\n" + apply_src + "\n\n" + "\n".join(lines) + "\n"
+    return source, _copied_constants(var_steps, needed, cplx, builder.sizes)
+
+
+def _copied_constants(steps, constants, cplx, sizes) -> tuple[str, ...]:
+    """Equations of ``steps``' contractions that read one of ``constants`` through einsum.
+
+    The emitter's own dispatch (:func:`~contractssm.codegen.emit._emit`): a spectral product
+    and a matmul on views read their operands in place; a summed axis of length 1 is dropped.
+    """
+    copied = []
+    for st in steps:
+        if st.op not in ("einsum", "einsum_real") or len(st.inputs) != 2:
+            continue
+        if not set(st.inputs) & set(constants) or is_spectral_product(st, cplx):
+            continue
+        ins, out = st.equation.split("->")
+        if all(sizes[a] == 1 for a in set(ins) - {","} - set(out)):
+            continue
+        kinds = (bool(cplx.get(st.inputs[0])), bool(cplx.get(st.inputs[1])))
+        if contraction_matmul(st.op, st.equation, st.inputs, kinds, sizes) is None:
+            copied.append(st.equation)
+    return tuple(copied)
 
 
 def dtype_of(name: str) -> torch.dtype:

@@ -41,6 +41,7 @@ OPS = (
     "irfft",  # out[.., T] = irfft(in[.., F], n)[.., :length]
     "ifft",  # out[.., T] = ifft(in[.., F], n)[.., :length]
     "toeplitz",  # out[.., T, J] = in[.., T - J] for J <= T else 0
+    "reverse",  # out[.., T] = in[.., L - 1 - T] (time reversed, a copy)
     "chunk",  # out[.., K, R] = pad(in[.., T], chunks * chunk) split into chunks
     "unchunk",  # out[.., T] = in[.., K, R] merged, first `length` steps
     "truncate",  # out[.., T] = in[.., G, H] merged, first `length` steps
