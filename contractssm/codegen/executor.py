@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import linecache
+import math
 from dataclasses import dataclass
 
 import torch
@@ -63,10 +64,16 @@ class Executor:
     split: tuple[object, object] | None = None
     #: The source of the split functions.
     split_source: str = ""
-    #: For ``stream`` and ``step``: the per-chunk contractions of the split program that read
-    #: a prepared constant through ``einsum`` rather than a matmul on views (each permute-copies
-    #: that constant on every chunk); the code generator avoids them where it can.
-    copied_constants: tuple[str, ...] = ()
+    #: For ``stream`` and ``step``: ``(equation, matmuls)`` of each per-chunk contraction of
+    #: the split program that reads a prepared constant: the number of matrices of its matmul
+    #: on views, ``None`` where it runs through ``einsum`` (which permute-copies the constant
+    #: on every chunk).
+    constant_reads: tuple[tuple[str, int | None], ...] = ()
+
+    @property
+    def copied_constants(self) -> tuple[str, ...]:
+        """Equations of the per-chunk contractions that copy a prepared constant."""
+        return tuple(eq for eq, matmuls in self.constant_reads if matmuls is None)
 
     def __call__(self, *args):
         """Run the generated function."""
@@ -123,15 +130,23 @@ def _executors(plan: Plan) -> Executors:
 
     kb, kout = lower_kernel(graph, sizes, plan.strategy, profile, itemsize)
     kernel = _make("kernel", operands, kb, kout, plan, header, state=False)
-    stream = _make_stream(graph, sizes, plan, profile, itemsize, header, shared_table=True)
-    if stream.copied_constants:  # one table of powers, unless a chunk would copy it
-        two = _make_stream(graph, sizes, plan, profile, itemsize, header, shared_table=False)
-        if len(two.copied_constants) < len(stream.copied_constants):
-            stream = two
+    # One table of state powers where its two readers run as well from it as from a table
+    # each: as few matrices in all (``full`` at (8, 64, 1024, 16) would read a shared table
+    # as 4096 strided 8 x 256 matrices, 0.7x; see lower_stream).
+    shared, two = (
+        _make_stream(graph, sizes, plan, profile, itemsize, header, shared_table=shared)
+        for shared in (True, False)
+    )
+    stream = shared if _matrices(shared) <= _matrices(two) else two
     step_sizes = dict(sizes, **{graph.time: 1})
     tb, tout = lower_step(graph, step_sizes, plan.state_inputs, profile, itemsize)
     step = _make("step", (*operands, "h0"), tb, tout, plan, header, state=True)
     return Executors(plan, kernel, stream, step)
+
+
+def _matrices(stream: Executor) -> float:
+    """The matrices a chunk's contractions read its prepared constants as (einsum: infinite)."""
+    return sum(math.inf if m is None else m for _, m in stream.constant_reads)
 
 
 def _make_stream(graph, sizes, plan: Plan, profile, itemsize, header, shared_table) -> Executor:
@@ -168,9 +183,9 @@ def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) 
     lines += [_converted(p, plan.dtype, complex_inputs) for p in params]
     call = f"_{name}_body({', '.join(params)})"
     split = None
-    split_source, copied = "", ()
+    split_source, reads = "", ()
     if state:
-        split_source, copied = _split_source(name, params, builder, outputs, plan, complex_inputs)
+        split_source, reads = _split_source(name, params, builder, outputs, plan, complex_inputs)
         split_ns = {"torch": torch, "rt": runtime}
         split_file = f"<contractssm-{name}-split-{abs(hash(plan))}>"
         linecache.cache[split_file] = (
@@ -192,7 +207,7 @@ def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) 
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace = {"torch": torch, "rt": runtime}
     exec(compile(source, filename, "exec"), namespace)
-    return Executor(name, params, source, namespace[name], split, split_source, copied)
+    return Executor(name, params, source, namespace[name], split, split_source, reads)
 
 
 def _converted(p: str, dtype: str, complex_inputs: set[str]) -> str:
@@ -209,7 +224,7 @@ def _split_source(
 ) -> tuple[str, tuple[str, ...]]:
     """``{name}_constants(A, *weights)`` and ``{name}_apply(x, consts, A, *weights, h0)``.
 
-    Returns the source and :func:`_copied_constants` of the per-chunk steps.
+    Returns the source and :func:`_constant_reads` of the per-chunk steps.
 
     A step is constant when every input is a parameter (not ``x``, not ``h0``) or a constant
     step's output (:func:`~contractssm.planner.state.hoisted`, which the stream's per-chunk
@@ -306,16 +321,18 @@ def _split_source(
     lines.append(f"        y, h = _{name}_apply_body({args})")
     lines.append("        return y, torch.view_as_real(h)")
     source = const_src + "\n\n" + apply_src + "\n\n" + "\n".join(lines) + "\n"
-    return source, _copied_constants(var_steps, needed, cplx, builder.sizes)
+    return source, _constant_reads(var_steps, needed, cplx, builder.sizes)
 
 
-def _copied_constants(steps, constants, cplx, sizes) -> tuple[str, ...]:
-    """Equations of ``steps``' contractions that read one of ``constants`` through einsum.
+def _constant_reads(steps, constants, cplx, sizes) -> tuple[tuple[str, int | None], ...]:
+    """``(equation, matrices)`` of ``steps``' contractions that read one of ``constants``.
 
-    The emitter's own dispatch (:func:`~contractssm.codegen.emit._emit`): a spectral product
-    and a matmul on views read their operands in place; a summed axis of length 1 is dropped.
+    The emitter's own dispatch (:func:`~contractssm.codegen.emit._emit`): a matmul on views
+    reads its operands in place (as ``matrices`` matrices); a spectral product (one matrix per
+    frequency) and a product summing only axes of length 1 (a broadcast multiply) are not
+    contractions here; the rest run through einsum (``None``).
     """
-    copied = []
+    reads = []
     for st in steps:
         if st.op not in ("einsum", "einsum_real") or len(st.inputs) != 2:
             continue
@@ -325,9 +342,9 @@ def _copied_constants(steps, constants, cplx, sizes) -> tuple[str, ...]:
         if all(sizes[a] == 1 for a in set(ins) - {","} - set(out)):
             continue
         kinds = (bool(cplx.get(st.inputs[0])), bool(cplx.get(st.inputs[1])))
-        if contraction_matmul(st.op, st.equation, st.inputs, kinds, sizes) is None:
-            copied.append(st.equation)
-    return tuple(copied)
+        best = contraction_matmul(st.op, st.equation, st.inputs, kinds, sizes)
+        reads.append((st.equation, None if best is None else best[0][0]))
+    return tuple(reads)
 
 
 def dtype_of(name: str) -> torch.dtype:
