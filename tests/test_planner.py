@@ -30,7 +30,12 @@ from contractssm.planner.autotune import interleaved_orders
 from contractssm.planner.cache import PlanCache
 from contractssm.planner.lower import Strategy
 from contractssm.planner.plan import Plan
-from contractssm.planner.profile import CACHE_BYTES, FRESH_MEMORY_BYTES, MachineProfile
+from contractssm.planner.profile import (
+    CACHE_BYTES,
+    FRESH_MEMORY_BYTES,
+    SCRATCH_MAX_BYTES,
+    MachineProfile,
+)
 from contractssm.planner.program import ProgramBuilder, TensorInfo
 from contractssm.planner.search import algorithm_options, placements, price, search
 from contractssm.planner.steps import Step, einsum_cost, fresh_memory_seconds, step_seconds
@@ -281,6 +286,24 @@ def test_fresh_memory_is_priced_above_the_mmap_threshold():
     want = FRESH_MEMORY_BYTES / 0.5e9 - FRESH_MEMORY_BYTES / (ROUND.fresh_memory_gbps * 1e9)
     assert math.isclose(extra, want, rel_tol=1e-9)
     assert fresh_memory_seconds(FRESH_MEMORY_BYTES - 1, slow) == 0.0
+
+
+def test_an_elementwise_spectral_product_in_scratch_memory_pays_no_fresh_memory():
+    # FFTConv writes an elementwise product of two spectra into scratch memory (up to
+    # SCRATCH_MAX_BYTES): no first-touch price. The same product over a time axis, or a
+    # spectrum past the scratch bound, still pays it.
+    slow = dataclasses.replace(ROUND, fresh_memory_gbps=0.5)
+
+    def price(axis, numel, profile):
+        b = ProgramBuilder({"i": numel, axis: 1}, {"p": TensorInfo("i" + axis, True)}, profile, 4)
+        b.add("einsum", ("p", "p"), "i" + axis, True, "conv", equation=f"i{axis},i{axis}->i{axis}")
+        return b.steps[-1].seconds
+
+    fits = SCRATCH_MAX_BYTES // 8  # complex64 elements
+    for axis, numel, scratch in (("F", fits, True), ("T", fits, False), ("F", fits + 1, False)):
+        extra = price(axis, numel, slow) - price(axis, numel, ROUND)
+        print(f"{axis} {numel * 8 / 2**20:.1f} MiB: fresh-memory price {extra * 1e3:.3f} ms")
+        assert (extra == 0.0) == scratch
 
 
 def test_workspace_bytes_by_hand():

@@ -47,15 +47,14 @@ import threading
 
 import torch
 
-from contractssm.planner.profile import FRESH_MEMORY_BYTES
+# The largest buffer scratch() keeps between calls (the cost model prices what it covers); a
+# larger temporary is allocated each time: it bounds what an idle thread holds.
+from contractssm.planner.profile import FRESH_MEMORY_BYTES, SCRATCH_MAX_BYTES
 
 #: The huge page size of x86-64 and arm64 Linux.
 HUGE_PAGE_BYTES = 2 * 2**20
 #: ``MADV_HUGEPAGE`` from ``<sys/mman.h>`` on Linux.
 MADV_HUGEPAGE = 14
-#: The largest buffer :func:`scratch` keeps between calls; a larger temporary is allocated
-#: each time (it bounds what an idle thread holds: a few slots of at most this).
-SCRATCH_MAX_BYTES = 64 * 2**20
 
 _pools = threading.local()
 

@@ -29,6 +29,11 @@ from dataclasses import dataclass, field
 #: page-faults; smaller ones are reused from the heap.
 FRESH_MEMORY_BYTES = 32 * 2**20
 
+#: The largest temporary the runtime keeps in reused scratch memory
+#: (:func:`contractssm.codegen.memory.scratch`): an FFT convolution's zero-padded input and its
+#: elementwise spectral product up to this size never page-fault.
+SCRATCH_MAX_BYTES = 64 * 2**20
+
 #: A step moving at most this many bytes (inputs read plus output written) works in the caches:
 #: its memory time is priced at ``cache_gbps``, a larger one's at ``elementwise_gbps``.
 CACHE_BYTES = 1 << 20

@@ -229,6 +229,7 @@ def step_seconds(
     itemsize: int,
     complex_inputs: tuple[bool, ...] = (),
     workspace_bytes: int = 0,
+    output_in_scratch: bool = False,
 ) -> tuple[float, float]:
     """Predicted forward seconds and flops of ``step``.
 
@@ -237,12 +238,14 @@ def step_seconds(
     at the elementwise bandwidth, the caches' for traffic within
     :data:`~contractssm.planner.profile.CACHE_BYTES`); transcendental work is added on top,
     and so are the page faults of an output or temporaries (``workspace_bytes``) mapped fresh
-    from the OS.
+    from the OS (``workspace_bytes`` counts only temporaries the runtime allocates afresh; an
+    output written into reused scratch memory, ``output_in_scratch``, never faults).
     """
     if is_view(step, sizes):
         return profile.launch_us * 1e-6, 0.0
     seconds, flops = _roofline(step, sizes, inputs_elements, profile, itemsize, complex_inputs)
-    for nbytes in (step.bytes(itemsize), workspace_bytes):
+    fresh = (0 if output_in_scratch else step.bytes(itemsize), workspace_bytes)
+    for nbytes in fresh:
         seconds += fresh_memory_seconds(nbytes, profile)
     return seconds, flops
 
