@@ -130,14 +130,14 @@ def _executors(plan: Plan) -> Executors:
 
     kb, kout = lower_kernel(graph, sizes, plan.strategy, profile, itemsize)
     kernel = _make("kernel", operands, kb, kout, plan, header, state=False)
-    # One table of state powers where its two readers run as well from it as from a table
-    # each: as few matrices in all (``full`` at (8, 64, 1024, 16) would read a shared table
-    # as 4096 strided 8 x 256 matrices, 0.7x; see lower_stream).
-    shared, two = (
-        _make_stream(graph, sizes, plan, profile, itemsize, header, shared_table=shared)
-        for shared in (True, False)
-    )
-    stream = shared if _matrices(shared) <= _matrices(two) else two
+    stream, shares = _make_stream(graph, sizes, plan, profile, itemsize, header, True)
+    if shares:
+        # One table of state powers where its two readers run as well from it as from a
+        # table each: as few matrices in all (``full`` at (8, 64, 1024, 16) would read a
+        # shared table as 4096 strided 8 x 256 matrices, 0.7x; see lower_stream).
+        two, _ = _make_stream(graph, sizes, plan, profile, itemsize, header, False)
+        if _matrices(two) < _matrices(stream):
+            stream = two
     step_sizes = dict(sizes, **{graph.time: 1})
     tb, tout = lower_step(graph, step_sizes, plan.state_inputs, profile, itemsize)
     step = _make("step", (*operands, "h0"), tb, tout, plan, header, state=True)
@@ -149,12 +149,16 @@ def _matrices(stream: Executor) -> float:
     return sum(math.inf if m is None else m for _, m in stream.constant_reads)
 
 
-def _make_stream(graph, sizes, plan: Plan, profile, itemsize, header, shared_table) -> Executor:
+def _make_stream(
+    graph, sizes, plan: Plan, profile, itemsize, header, shared_table: bool
+) -> tuple[Executor, bool]:
+    """The stream executor, and whether its program reads one shared table of state powers."""
     sb, sout = lower_stream(
         graph, sizes, plan.strategy, plan.state_inputs, profile, itemsize, shared_table
     )
     operands = (*(op.name for op in graph.operands), "h0")
-    return _make("stream", operands, sb, sout, plan, header, state=True)
+    shares = any(st.op == "reverse" for st in sb.steps)
+    return _make("stream", operands, sb, sout, plan, header, state=True), shares
 
 
 def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) -> Executor:
@@ -221,7 +225,7 @@ def _converted(p: str, dtype: str, complex_inputs: set[str]) -> str:
 
 def _split_source(
     name, params, builder, outputs, plan: Plan, complex_inputs
-) -> tuple[str, tuple[str, ...]]:
+) -> tuple[str, tuple[tuple[str, int | None], ...]]:
     """``{name}_constants(A, *weights)`` and ``{name}_apply(x, consts, A, *weights, h0)``.
 
     Returns the source and :func:`_constant_reads` of the per-chunk steps.
