@@ -34,12 +34,13 @@ import torch
 from contractssm.codegen import runtime
 from contractssm.codegen.emit import emit_function, is_spectral_product
 from contractssm.codegen.fuse import fuse_fft_conv
-from contractssm.codegen.layout import choose_layouts, is_broadcast_product, relabelled
+from contractssm.codegen.layout import choose_layouts, relabelled
 from contractssm.planner.lower import lower_kernel
 from contractssm.planner.matmul import contraction_matmul
 from contractssm.planner.plan import Plan
 from contractssm.planner.profile import default_profile
 from contractssm.planner.state import hoisted, lower_step, lower_stream
+from contractssm.planner.steps import is_broadcast_product
 from contractssm.spec import parse
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}

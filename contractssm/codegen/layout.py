@@ -23,21 +23,13 @@ import dataclasses
 import itertools
 
 from contractssm.planner.matmul import contraction_matmul
-from contractssm.planner.steps import Step
+from contractssm.planner.steps import Step, is_broadcast_product
 
 #: Contraction ops whose operands may be read in any order.
 CONTRACTIONS = ("einsum", "einsum_real")
 
 #: Tensors of more axes are left alone (their orders would be too many to try).
 MAX_AXES = 5
-
-
-def is_broadcast_product(step: Step) -> bool:
-    """Whether ``step`` multiplies two operands and sums nothing (its output order is free)."""
-    if step.op != "einsum" or len(step.inputs) != 2:
-        return False
-    ins, out = step.equation.split("->")
-    return set(ins) - {","} == set(out)
 
 
 def choose_layouts(

@@ -58,7 +58,7 @@ def einsum(equation: str, *operands: Tensor) -> Tensor:
         )
         terms = ["".join(a for a in t if a in out) for t in terms]
     if len(operands) == 2 and set(terms[0]) | set(terms[1]) == set(out):
-        return _aligned(operands[0], terms[0], out) * _aligned(operands[1], terms[1], out)
+        return _broadcast_product(operands[0], terms[0], operands[1], terms[1], out)
     if len(operands) == 2 and operands[0].is_complex() != operands[1].is_complex():
         ins, out = equation.split("->")
         left, right = ins.split(",")
@@ -70,6 +70,17 @@ def einsum(equation: str, *operands: Tensor) -> Tensor:
             res = torch.einsum(eq, operands[0], torch.view_as_real(operands[1]))
         return torch.view_as_complex(res.contiguous())
     return torch.einsum(equation, *operands)
+
+
+def _broadcast_product(
+    p: Tensor, left: str, q: Tensor, right: str, out: str, slot: str | None = None
+) -> Tensor:
+    """``p * q`` aligned to ``out``'s axes (a product summing nothing), into ``slot``'s scratch."""
+    p, q = _aligned(p, left, out), _aligned(q, right, out)
+    if slot is None:
+        return p * q
+    shape = tuple(max(m, n) for m, n in zip(p.shape, q.shape, strict=True))
+    return torch.mul(p, q, out=memory.scratch(slot, shape, p.dtype, p.device))
 
 
 def stack_conj_parts(p: Tensor) -> Tensor:
@@ -548,9 +559,7 @@ def _product(equation: str, p: Tensor, q: Tensor, major: bool, slot: str | None 
     left, right = ins.split(",")
     if slot is None or set(left) | set(right) != set(out):
         return einsum(equation, p, q)
-    p, q = _aligned(p, left, out), _aligned(q, right, out)
-    shape = tuple(max(m, n) for m, n in zip(p.shape, q.shape, strict=True))
-    return torch.mul(p, q, out=memory.scratch(slot, shape, p.dtype, p.device))
+    return _broadcast_product(p, left, q, right, out, slot)
 
 
 def _frequency_major(t: Tensor, slot: str | None = None) -> Tensor:

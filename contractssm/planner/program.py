@@ -16,7 +16,7 @@ from typing import NamedTuple
 import opt_einsum
 
 from contractssm.planner.profile import SCRATCH_MAX_BYTES, MachineProfile
-from contractssm.planner.steps import Step, reads_in_place, step_seconds
+from contractssm.planner.steps import Step, is_broadcast_product, reads_in_place, step_seconds
 
 #: Time-like axis letters and what they mean; every other axis is a lowercase graph index.
 TIME_AXES = "TJFWKPRQGHO"
@@ -256,11 +256,9 @@ class ProgramBuilder:
         underprices that kernel; the padding's price happens to cover it).
         """
         workspace = self.workspace_bytes(step)
-        if step.op == "einsum" and len(step.inputs) == 2:
+        if is_broadcast_product(step) and all(self.tensors[i].is_complex for i in step.inputs):
             ins, out = step.equation.split("->")
-            spectra = all(self.tensors[i].is_complex for i in step.inputs)
-            elementwise = set(ins) - {","} == set(out)
-            if spectra and elementwise and all(t[-1:] == "F" for t in (*ins.split(","), out)):
+            if all(t[-1:] == "F" for t in (*ins.split(","), out)):
                 return workspace, self.nbytes(step.output) <= SCRATCH_MAX_BYTES
         return workspace, False
 
@@ -280,8 +278,7 @@ class ProgramBuilder:
         if op in ("einsum", "einsum_real") and len(step.inputs) == 2:
             cx = tuple(self.tensors[i].is_complex for i in step.inputs)
             stacked = min(ins) if op == "einsum_real" and all(cx) else 0
-            ins_axes, out_axes = step.equation.split("->")
-            if op == "einsum" and set(ins_axes) - {","} == set(out_axes):
+            if is_broadcast_product(step):
                 return 0  # nothing contracted: a broadcast multiply straight into the output
             if reads_in_place(step.equation, self.sizes, cx, op):
                 return stacked

@@ -209,6 +209,18 @@ def is_view(step: Step, sizes: dict[str, int]) -> bool:
     return step.op == "chunk" and sizes.get("T", 0) % step.attr("chunk") == 0
 
 
+def is_broadcast_product(step: Step) -> bool:
+    """Whether ``step`` multiplies two operands and sums nothing (its output order is free).
+
+    The runtime writes such a product straight into its output (``rt.einsum``), or into
+    scratch memory when it is an FFT convolution's spectral product.
+    """
+    if step.op != "einsum" or len(step.inputs) != 2:
+        return False
+    ins, out = step.equation.split("->")
+    return set(ins) - {","} == set(out)
+
+
 def fresh_memory_seconds(nbytes: int, profile: MachineProfile) -> float:
     """Seconds of first-touch page faults on an allocation of ``nbytes``.
 
