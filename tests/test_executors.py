@@ -337,14 +337,6 @@ def test_prepared_stream_contracts_by_matmul(mode, variant):
     assert not slow, slow
 
 
-def _forced_split(graph, sizes, strategy, state_inputs, profile, itemsize, shared_table=True):
-    split = state.state_split(sizes[graph.time])
-    assert split is not None
-    return state._lower_stream(
-        graph, sizes, strategy, state_inputs, profile, itemsize, split, shared_table
-    )
-
-
 @pytest.mark.parametrize("shared_table", [True, False])
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_stream_with_one_or_two_tables_of_state_powers_matches_the_reference(
@@ -381,17 +373,24 @@ def test_stream_shares_its_table_of_powers_unless_a_chunk_would_copy_it():
         assert (".flip(" in source) == shared and not stream.copied_constants
 
 
+@pytest.mark.parametrize("split", [(8, 8), (2, 32)])
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_stream_with_split_state_powers_matches_the_reference(mode, monkeypatch):
+def test_stream_with_split_state_powers_matches_the_reference(mode, split, monkeypatch):
     # The state's powers as a^(N m) a^(n + 1) and a^(N (M-1-m)) a^(N-1-n) (time as (M, N)),
-    # forced for every mode: two chunks of 64 = 8 x 8 steps, from a random initial state.
-    monkeypatch.setattr(executor_module, "lower_stream", _forced_split)
+    # forced for every mode: two chunks of 64 = 8 x 8 (or 2 x 32) steps, from a random state.
+    def forced(graph, sizes, strategy, state_inputs, profile, itemsize, shared_table=True):
+        return state._lower_stream(
+            graph, sizes, strategy, state_inputs, profile, itemsize, split, shared_table
+        )
+
+    monkeypatch.setattr(executor_module, "lower_stream", forced)
     executor_module._executors.cache_clear()
     chunk = 64
     run = _run_prepared_stream(mode, 128, chunk, seed=6)
     executor_module._executors.cache_clear()
-    print(f"{mode} split state powers: output err {run.err_y:.2e}, state err {run.err_h:.2e}")
-    assert "count=8, offset=0, scale=8" in run.ex.stream.split_source  # a^(8 m)
+    print(f"{mode} split {split}: output err {run.err_y:.2e}, state err {run.err_h:.2e}")
+    coarse, fine = split
+    assert f"count={coarse}, offset=0, scale={fine}" in run.ex.stream.split_source  # a^(N m)
     assert run.err_y <= TOL64 and run.err_h <= TOL64
     # Differentiable through the split powers (training on a stream), against finite differences.
     params = [a.detach().clone().requires_grad_() for a in run.args[1:]]
@@ -448,6 +447,25 @@ def test_state_split_is_offered_only_for_small_batches():
     assert split_used(1)  # an 8 MiB table becomes two of 0.5 MiB: cheaper by the cost model
     assert not split_used(2)  # 16 x batch > fine: not offered
     assert not split_used(1, channels=16)  # a 512 KiB table: not offered
+
+
+def test_large_tables_of_state_powers_are_split_at_any_batch():
+    # From sqrt(length) up to coarse = 2; a table far out of cache (full at 64 x 64 x 16
+    # states, 128 MiB at chunks of 256) is split at batch 8 too, finer for the larger batch.
+    assert state.state_splits(256) == [(16, 16), (8, 32), (4, 64), (2, 128)]
+    assert state.state_splits(96) == [(12, 8), (8, 12), (6, 16), (4, 24)]
+    assert state.state_splits(32) == []
+    profile = state.default_profile("cpu")
+    p = contractssm.plan("full", {"b": 8, "c": 64, "d": 64, "n": 16, "l": 256})
+    graph, sizes = executor_module.parse(p.declaration), dict(p.sizes)
+    b, _ = state.lower_stream(graph, sizes, p.strategy, p.state_inputs, profile, 4)
+    fine = [s.attr("chunk") for s in b.steps if s.op == "chunk" and s.phase == "state"]
+    print("full (8, 64, 64, 16) stream at chunks of 256: fine", fine)
+    assert fine and fine[0] > 16
+    # The fade reads the chunk copied into its matmul's order and sums the coarse powers.
+    source = executors(p).stream.split_source
+    assert "contiguous()" in source and "rt.weighted_sum(" in source
+    assert not executors(p).stream.copied_constants
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))

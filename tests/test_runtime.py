@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -427,3 +428,100 @@ def test_large_laid_out_powers_equal_the_permuted_powers():
     err_exact = (got.to(torch.complex128) - exact).abs().max().item()
     print(f"32 MiB laid-out table: against powers {err:.1e}, against exp {err_exact:.1e}")
     assert got.is_contiguous() and err < 1e-6 and err_exact < 1e-4
+
+
+@st.composite
+def weighted_sums(draw):
+    """A short weighted sum: ``small`` holds a subset of ``big``'s axes, a few summed."""
+    letters = "abcdMN"
+    big = "".join(draw(st.permutations(letters))[: draw(st.integers(2, 5))])
+    small = "".join(a for a in draw(st.permutations(big)) if draw(st.booleans())) or big[0]
+    summed = [a for a in small if draw(st.booleans())] or [small[0]]
+    sizes = {a: draw(st.integers(1, 4)) for a in big}
+    for a in summed:
+        sizes[a] = draw(st.integers(2, 4))
+    out = "".join(draw(st.permutations([a for a in big if a not in summed])))
+    flip = draw(st.booleans())
+    kinds = draw(st.sampled_from([(True, True), (True, False), (False, True)]))
+    equation = f"{small},{big}->{out}" if flip else f"{big},{small}->{out}"
+    return equation, sizes, kinds
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=weighted_sums())
+def test_weighted_sum_is_the_einsum(case):
+    from contractssm.planner.matmul import is_weighted_sum
+
+    equation, sizes, (p_cx, q_cx) = case
+    left, right = equation.split("->")[0].split(",")
+    p, q = _tensor(left, sizes, p_cx), _tensor(right, sizes, q_cx)
+    got = rt.weighted_sum(equation, p, q)
+    want = torch.einsum(equation, p.to(torch.complex128), q.to(torch.complex128))
+    err = (got - want).abs().max().item() if want.numel() else 0.0
+    print(f"{equation} {sizes} complex={p_cx, q_cx} max abs err {err:.2e}")
+    assert got.shape == want.shape and got.is_complex()
+    assert err < 1e-12
+    summed = math.prod(sizes[a] for a in set(left + right) - set(equation.split("->")[1]))
+    assert is_weighted_sum(equation, sizes) == (1 < summed <= 16)
+
+
+def test_weighted_sum_gradients_and_its_use_by_the_generator():
+    from contractssm.codegen.emit import emit_function
+    from contractssm.planner.matmul import is_weighted_sum
+    from contractssm.planner.steps import Step
+
+    p = torch.randn(3, 4, 2, dtype=torch.complex128, requires_grad=True)
+    q = torch.randn(4, 5, 2, 3, dtype=torch.complex128, requires_grad=True)
+    equation = "beM,eaMb->abe"
+    torch.autograd.gradcheck(lambda p, q: rt.weighted_sum(equation, p, q), (p, q))
+    sizes = {"a": 5, "b": 3, "e": 4, "M": 2}
+    assert is_weighted_sum(equation, sizes)
+    assert not is_weighted_sum(equation, {**sizes, "M": 17})  # a long sum is a matmul
+    assert not is_weighted_sum("beO,eaOb->abe", {**sizes, "O": 1})  # dropped, not summed
+    assert not is_weighted_sum("beM,aMc->abce", {**sizes, "c": 2})  # neither holds the other
+    # The multiply-add per term (large operands) against the einsum, and its gradients.
+    big_p = torch.randn(3, 4, 2, dtype=torch.complex128, requires_grad=True)
+    big_q = torch.randn(4, 5, 2, 3, dtype=torch.complex128, requires_grad=True)
+    small = rt.WEIGHTED_SUM_LOOP_ELEMENTS
+    try:
+        rt.WEIGHTED_SUM_LOOP_ELEMENTS = 1
+        got = rt.weighted_sum(equation, big_p, big_q)
+        torch.autograd.gradcheck(lambda p, q: rt.weighted_sum(equation, p, q), (big_p, big_q))
+    finally:
+        rt.WEIGHTED_SUM_LOOP_ELEMENTS = small
+    err = (got - torch.einsum(equation, big_p, big_q)).abs().max().item()
+    print(f"one multiply-add per term: max abs err {err:.2e}")
+    assert err < 1e-12
+    step = Step("einsum", "w", ("p", "q"), "abe", True, "state", equation, (), 60)
+    source = emit_function(
+        "f",
+        ("p", "q"),
+        (step,),
+        ("w",),
+        {"p": "beM", "q": "eaMb"},
+        sizes=sizes,
+        is_complex={"p": True, "q": True},
+    )
+    print(source)
+    assert 'rt.weighted_sum("beM,eaMb->abe", p, q)' in source
+
+
+def test_broadcast_product_is_laid_out_in_its_output_order():
+    # Permuted views multiply in their strides' order; the code generator chose the output's.
+    h = torch.randn(2, 3, 4, 5, dtype=torch.complex128)
+    w = torch.randn(3, 4, 5, 6, dtype=torch.complex128)
+    for grad in (False, True):
+        got = rt.einsum("abde,bdeM->baMde", h.requires_grad_(grad), w)
+        want = torch.einsum("abde,bdeM->baMde", h.detach(), w)
+        print(f"requires_grad={grad}: strides {got.stride()}")
+        assert got.is_contiguous() and torch.allclose(got.detach(), want, rtol=1e-14, atol=0)
+
+
+def test_stack_conj_parts_is_re_and_minus_im():
+    p = torch.randn(3, 4, 5, dtype=torch.complex128)
+    for view in (p, p.transpose(0, 2), p[:, ::2]):
+        got = rt.stack_conj_parts(view)
+        assert got.is_contiguous()
+        assert torch.equal(got, torch.stack((view.real, -view.imag), dim=-1))
+    x = torch.randn(3, 4, dtype=torch.complex128, requires_grad=True)
+    torch.autograd.gradcheck(lambda x: rt.stack_conj_parts(x.t()), (x,))

@@ -8,7 +8,7 @@ parsing at call time. Helpers it calls live in :mod:`contractssm.codegen.runtime
 from __future__ import annotations
 
 from contractssm.codegen import runtime
-from contractssm.planner.matmul import contraction_matmul
+from contractssm.planner.matmul import contraction_matmul, weighted_sum_form
 from contractssm.planner.steps import Step
 
 
@@ -109,6 +109,8 @@ def _emit(
     op = step.op
     if op in ("einsum", "einsum_real") and len(ins) == 2 and sizes:
         kinds = (bool(cplx.get(ins[0])), bool(cplx.get(ins[1])))
+        if weighted_sum_form(op, step.equation, kinds, sizes):
+            return [f'{out} = rt.weighted_sum("{step.equation}", {ins[0]}, {ins[1]})']
         if is_spectral_product(step, cplx):
             call = f'rt.spectral_product("{step.equation}", {ins[0]}, {ins[1]}'
             if frequency_major & set(ins):
@@ -152,7 +154,12 @@ def _emit(
     if op == "toeplitz":
         return [f"{out} = rt.toeplitz({ins[0]}, dev)"]
     if op == "chunk":
-        return [f"{out} = rt.chunk({ins[0]}, {a['chunk']})"]
+        chunked = f"rt.chunk({ins[0]}, {a['chunk']})"
+        natural = axes[ins[0]][:-1] + step.axes[-2:]
+        if step.axes != natural:  # leading axes reordered for a matmul: a copy (`copied`)
+            order = ", ".join(str(natural.index(x)) for x in step.axes)
+            chunked = f"{chunked}.permute({order}).contiguous()"
+        return [f"{out} = {chunked}"]
     if op == "fft_conv":
         eq = step.equation
         return [f'{out} = rt.fft_conv({ins[0]}, {ins[1]}, "{eq}", {a["n"]}, {a["length"]})']

@@ -36,7 +36,7 @@ from contractssm.codegen.emit import emit_function, is_spectral_product
 from contractssm.codegen.fuse import fuse_fft_conv
 from contractssm.codegen.layout import choose_layouts, relabelled
 from contractssm.planner.lower import lower_kernel
-from contractssm.planner.matmul import contraction_matmul
+from contractssm.planner.matmul import contraction_matmul, weighted_sum_form
 from contractssm.planner.plan import Plan
 from contractssm.planner.profile import default_profile
 from contractssm.planner.state import hoisted, lower_step, lower_stream
@@ -334,8 +334,9 @@ def _constant_reads(steps, constants, cplx, sizes) -> tuple[tuple[str, int | Non
 
     The emitter's own dispatch (:func:`~contractssm.codegen.emit._emit`): a matmul on views
     reads its operands in place (as ``matrices`` matrices); a spectral product (one matrix per
-    frequency) and a product summing only axes of length 1 (a broadcast multiply) are not
-    contractions here; the rest run through einsum (``None``).
+    frequency), a product summing only axes of length 1 (a broadcast multiply) and a short
+    weighted sum (a broadcast multiply and a sum) are not contractions here; the rest run
+    through einsum (``None``).
     """
     reads = []
     for st in steps:
@@ -347,6 +348,8 @@ def _constant_reads(steps, constants, cplx, sizes) -> tuple[tuple[str, int | Non
         if all(sizes[a] == 1 for a in set(ins) - {","} - set(out)):
             continue
         kinds = (bool(cplx.get(st.inputs[0])), bool(cplx.get(st.inputs[1])))
+        if weighted_sum_form(st.op, st.equation, kinds, sizes):  # reads in any order
+            continue
         best = contraction_matmul(st.op, st.equation, st.inputs, kinds, sizes)
         reads.append((st.equation, None if best is None else best[0][0]))
     return tuple(reads)

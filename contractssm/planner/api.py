@@ -25,7 +25,7 @@ from contractssm.planner.state import state_input_weights
 _ITEMSIZE = {"float32": 4, "float64": 8}
 #: Bumped whenever the search space or the cost model changes, so cached plans made by an
 #: older planner of the same release are not reused (part of every cache key).
-PLANNER_REVISION = 14
+PLANNER_REVISION = 15
 _PROFILES: dict[str, MachineProfile] = {}
 
 

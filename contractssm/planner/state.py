@@ -106,14 +106,19 @@ def lower_stream(
         graph, sizes, strategy, state_inputs, profile, itemsize, None, shared_table
     )
     lay = layout_of(graph)
-    split = state_split(sizes[graph.time]) if lay.output.endswith("T") else None
     batch = math.prod(sizes[i] for i in _batch_like(graph))
     table_bytes = math.prod(sizes[a] for a in lay.states) * sizes[graph.time] * 2 * itemsize
-    if not (split is None or 16 * batch > split[1] or table_bytes < SPLIT_TABLE_BYTES):
+    splits = []
+    if lay.output.endswith("T") and table_bytes >= LARGE_TABLE_BYTES:
+        splits = state_splits(sizes[graph.time])
+    elif lay.output.endswith("T") and table_bytes >= SPLIT_TABLE_BYTES:
+        first = state_split(sizes[graph.time])
+        splits = [first] if first is not None and 16 * batch <= first[1] else []
+    for split in splits:
         factored = _lower_stream(
             graph, sizes, strategy, state_inputs, profile, itemsize, split, shared_table
         )
-        best = min((best, factored), key=lambda built: built[0].seconds(backward=False))
+        best = min((best, factored), key=lambda built: stream_seconds(built[0]))
     fused = _lower_fused_stream(graph, sizes, strategy, state_inputs, profile, itemsize)
     if fused is not None and per_chunk_seconds(fused[0]) < per_chunk_seconds(best[0]):
         return fused
@@ -142,6 +147,24 @@ def per_chunk_seconds(b: ProgramBuilder) -> float:
 #: The smallest table of state powers (bytes) for which the stream is offered the split.
 SPLIT_TABLE_BYTES = 1 << 20
 
+#: From this table size (bytes, far out of cache) every split of :func:`state_splits` is
+#: offered at any batch: each chunk's matmuls stream the tables from memory, and a split
+#: with ``fine`` nearer ``batch x coarse`` reads less. Below it only the first split, at
+#: batch at most ``fine / 16``: tables in cache are read at cache speed, which the cost model
+#: (pricing each step alone) does not see; offered there, its picks measured 1.14-1.23x
+#: slower (``s4d`` (8, 64, 32 states), ``dws`` (8, 64, 16), ``full`` (32, 32, 32, 8)).
+LARGE_TABLE_BYTES = 64 << 20
+
+#: The chunks over which a stream's choice of program amortises its prepare
+#: (:func:`stream_seconds`); the grid's streams run 4 to 64 chunks of 256.
+AMORTISED_CHUNKS = 4
+
+
+def stream_seconds(b: ProgramBuilder) -> float:
+    """Predicted seconds per chunk of a prepared stream, its prepare over a few chunks."""
+    chunk = per_chunk_seconds(b)
+    return chunk + (b.seconds(backward=False) - chunk) / AMORTISED_CHUNKS
+
 
 def state_split(length: int) -> tuple[int, int] | None:
     """``(coarse, fine)`` with ``coarse * fine == length``, fine the largest divisor <= sqrt.
@@ -152,6 +175,25 @@ def state_split(length: int) -> tuple[int, int] | None:
         return None
     fine = next(d for d in range(math.isqrt(length), 0, -1) if length % d == 0)
     return (length // fine, fine) if fine >= 4 else None
+
+
+#: The most splits of a chunk's time a stream is offered (:func:`state_splits`).
+SPLITS_OFFERED = 4
+
+
+def state_splits(length: int) -> list[tuple[int, int]]:
+    """The ``(coarse, fine)`` splits of a chunk's time offered to a stream, finest first.
+
+    From :func:`state_split` (fine about sqrt(length)) through the next divisors up to
+    ``coarse = 2``. The tables hold ``fine`` powers per state, the products against the
+    initial state and the chunk's ``batch x coarse`` (see :func:`lower_stream`): a larger
+    batch wants a larger ``fine``; the cost model picks.
+    """
+    first = state_split(length)
+    if first is None:
+        return []
+    fines = [d for d in range(first[1], length // 2 + 1) if length % d == 0]
+    return [(length // d, d) for d in fines[:SPLITS_OFFERED]]
 
 
 def _lower_stream(graph, sizes, strategy, state_inputs, profile, itemsize, split, shared_table):
@@ -231,11 +273,26 @@ def _lower_stream(graph, sizes, strategy, state_inputs, profile, itemsize, split
         fade = [powers("T", length, -1, length - 1)]
         hx = b.contract([*fade, (u, u_axes + "T")], lay.state, "state")
     else:
-        # a^(T-1-t) = a^(N (M-1-m)) a^(N-1-n)
+        # a^(T-1-t) = a^(N (M-1-m)) a^(N-1-n): the fine powers against the chunked input first
+        # (one matmul per axis the state shares with the input, the chunk copied into that
+        # order), written in the order the coarse powers' sum over the chunks reads it as
+        # one matmul per state. Left to the cheapest order, the second product read the first
+        # through a permuted view that the matmul copied every chunk, and the first read the
+        # chunk in place while einsum copied the table: ``full`` (8, 64, 64, 16) 16 MiB and
+        # 32 MiB copies.
         coarse, fine = split
-        fade = [powers("M", coarse, -fine, fine * (coarse - 1)), powers("N", fine, -1, fine - 1)]
-        uc = b.add("chunk", (u,), u_axes + "MN", b.tensors[u].is_complex, "state", chunk=fine)
-        hx = b.contract([*fade, (uc, u_axes + "MN")], lay.state, "state")
+        shared = "".join(a for a in lay.states if a in u_axes)
+        rest = "".join(a for a in lay.states if a not in u_axes)
+        outer = "".join(a for a in u_axes if a not in lay.states)
+        uc_axes = shared + outer + "MN"
+        moved = {"copied": 1} if uc_axes[:-2] != u_axes else {}
+        uc = b.add("chunk", (u,), uc_axes, b.tensors[u].is_complex, "state", chunk=fine, **moved)
+        # The matmul's own order: (shared, chunk rows, state rows), the (Re, Im) pairs of the
+        # complex powers last when the chunk is real.
+        by_chunk = shared + outer + "M" + rest
+        late = b.contract([powers("N", fine, -1, fine - 1), (uc, uc_axes)], by_chunk, "state")
+        early = powers("M", coarse, -fine, fine * (coarse - 1))
+        hx = b.contract([early, (late, by_chunk)], lay.state, "state")
     decay = b.add(
         "powers", ("A",), lay.states + "O", True, "state", count=1, scale=1, offset=b.sizes["T"]
     )

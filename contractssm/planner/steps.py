@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from contractssm.planner.matmul import contraction_matmul
+from contractssm.planner.matmul import contraction_matmul, weighted_sum_form
 from contractssm.planner.profile import (
     CACHE_BYTES,
     FRESH_MEMORY_BYTES,
@@ -42,7 +42,8 @@ OPS = (
     "ifft",  # out[.., T] = ifft(in[.., F], n)[.., :length]
     "toeplitz",  # out[.., T, J] = in[.., T - J] for J <= T else 0
     "reverse",  # out[.., T] = in[.., L - 1 - T] (time reversed, a copy)
-    "chunk",  # out[.., K, R] = pad(in[.., T], chunks * chunk) split into chunks
+    "chunk",  # out[.., K, R] = pad(in[.., T], chunks * chunk) split into chunks (the leading
+    # axes may be reordered: then copied in that order, attribute `copied`)
     "unchunk",  # out[.., T] = in[.., K, R] merged, first `length` steps
     "truncate",  # out[.., T] = in[.., G, H] merged, first `length` steps
     "recur",  # out[state] = exp(A[S]) * h0[state] + u[..] (one step of the recurrence)
@@ -206,7 +207,11 @@ def is_view(step: Step, sizes: dict[str, int]) -> bool:
     """
     if step.op in ("unchunk", "truncate", "chunk_output", "chunk_state"):
         return True
-    return step.op == "chunk" and sizes.get("T", 0) % step.attr("chunk") == 0
+    return (
+        step.op == "chunk"
+        and sizes.get("T", 0) % step.attr("chunk") == 0
+        and not dict(step.attrs).get("copied")
+    )
 
 
 def is_broadcast_product(step: Step) -> bool:
@@ -286,6 +291,13 @@ def _roofline(
         rate = profile.matmul_gflops["real"][size_class(min_dim)] * 1e9
         copies = 0.0 if reads_in_place(step.equation, sizes, complex_inputs, op) else memory_s
         return launch_s + max(flops / rate, memory_s) + copies, flops
+    if weighted_sum_form(op, step.equation, complex_inputs, sizes):
+        # A broadcast product (as large as the larger operand times the summed axes) written
+        # and summed: two memory-bound passes (runtime.weighted_sum).
+        flops, _, _ = einsum_cost(step.equation, sizes, complex_inputs)
+        ins = step.equation.split("->")[0]
+        product = math.prod(sizes[a] for a in set(ins) - {","}) * width * itemsize
+        return 2 * launch_s + memory_s + 2 * product / (profile.elementwise_gbps * 1e9), flops
     if op == "einsum":
         flops, _, min_dim = einsum_cost(step.equation, sizes, complex_inputs)
         kind = "complex" if any(complex_inputs) else "real"
