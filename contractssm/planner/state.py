@@ -83,13 +83,20 @@ def lower_stream(
     ``L / fine`` and ``fine`` entries instead, the same products in a different order: 16x
     less memory at a chunk of 256 (``dws`` at c=256, 16 states: 8 MiB per chunk). The split
     writes ``batch * L / fine`` products per state where the plain program reads ``L`` powers
-    per state, and turns one matmul into two smaller ones: it is offered only where the table
-    is large (1 MiB or more) and the batch at most ``fine / 16`` (1 at chunks of 256); then
-    both programs are built and the cheaper by the cost model is kept. Measured per chunk of
-    256 (prepared stream, idle machine): ``dws`` (1, 256, 16 states) 1.84 -> 0.78 ms; where it
-    is not offered it lost: ``s4d`` at batch 4 (64 x 32 states) 0.74 -> 1.02 ms, ``full`` at
-    batch 8 (64 x 64 x 16 states) 29 -> 76 ms (a 64 MiB intermediate), ``neck``/``s5`` at
-    batch 1 (64 states, a 128 KiB table) 2-4% (two more ops).
+    per state, and turns one matmul into two smaller ones. Where the table is in cache reach
+    (1 to 64 MiB) only the first split (fine about sqrt(L)) is offered, at batch at most
+    ``fine / 16`` (1 at chunks of 256). Measured per chunk of 256 (prepared stream, idle
+    machine): ``dws`` (1, 256, 16 states) 1.84 -> 0.78 ms; where it is not offered it lost:
+    ``s4d`` at batch 4 (64 x 32 states) 0.74 -> 1.02 ms, ``neck``/``s5`` at batch 1 (64
+    states, a 128 KiB table) 2-4% (two more ops). Tables of 64 MiB and more
+    (:data:`LARGE_TABLE_BYTES`) are streamed from memory by every chunk: there every split
+    of :func:`state_splits` is offered at any batch, a larger batch taking a larger ``fine``
+    (fewer products against the state and the chunk). The cheapest program by
+    :func:`stream_seconds` is kept. Against the unsplit program (prepare and every chunk,
+    7 interleaved rounds): ``full`` (8, 64, 1024) 171 -> 113 ms (split (4, 64); stream/kernel
+    0.39 -> 0.59), (8, 64, 4096) 616 -> 444 ms, (1, 256, 4096) 9.5 -> 6.4 s, (4, 128, 16384)
+    7.4 -> 6.1 s. (The first split at batch 8 measured 29 -> 76 ms per chunk at 64 x 64 x 16
+    states: a 64 MiB product against the state.)
 
     Unsplit, the output's ``a^(t+1) h0`` is ``a^t (a h0)`` and the final state reads the
     same table ``a^t`` against the chunk reversed (``shared_table``): a prepared stream builds
@@ -275,11 +282,11 @@ def _lower_stream(graph, sizes, strategy, state_inputs, profile, itemsize, split
     else:
         # a^(T-1-t) = a^(N (M-1-m)) a^(N-1-n): the fine powers against the chunked input first
         # (one matmul per axis the state shares with the input, the chunk copied into that
-        # order), written in the order the coarse powers' sum over the chunks reads it as
-        # one matmul per state. Left to the cheapest order, the second product read the first
-        # through a permuted view that the matmul copied every chunk, and the first read the
-        # chunk in place while einsum copied the table: ``full`` (8, 64, 64, 16) 16 MiB and
-        # 32 MiB copies.
+        # order), kept in the matmul's own order, then the coarse powers summed over the M
+        # chunks (a short weighted sum, rt.weighted_sum, for M <= 16). Left to the cheapest
+        # order, einsum copied the table every chunk (the chunk's axes do not fall into matmul
+        # blocks) and the coarse sum read the product through a permuted view, copied:
+        # ``full`` (8, 64, 64, 16) 32 MiB and 16 MiB copies per chunk.
         coarse, fine = split
         shared = "".join(a for a in lay.states if a in u_axes)
         rest = "".join(a for a in lay.states if a not in u_axes)
