@@ -73,23 +73,31 @@ def einsum(equation: str, *operands: Tensor) -> Tensor:
     return torch.einsum(equation, *operands)
 
 
+#: From this many elements a broadcast product without gradients is written in its output's
+#: order (:func:`_broadcast_product`).
+ORDERED_PRODUCT_ELEMENTS = 1 << 18
+
+
 def _broadcast_product(
     p: Tensor, left: str, q: Tensor, right: str, out: str, slot: str | None = None
 ) -> Tensor:
     """``p * q`` aligned to ``out``'s axes (a product summing nothing), into ``slot``'s scratch.
 
-    The product is laid out in ``out``'s order, as the code generator assumes (it chooses
-    that order for the product's readers, :mod:`~contractssm.codegen.layout`): ``p * q`` of
-    permuted views is written in the order of their strides instead (a ``full`` stream's
-    ``(b, a, M, d, e)`` product came out ``(a, M, b, d, e)``-strided and its reader's copy
-    ran 20 ms where 1 ms reads it in order).
+    Without gradients the product is laid out in ``out``'s order, as the code generator
+    assumes (it chooses that order for the product's readers,
+    :mod:`~contractssm.codegen.layout`): ``p * q`` of permuted views is written in the order
+    of their strides instead (a ``full`` stream's ``(b, a, M, d, e)`` product came out
+    ``(a, M, b, d, e)``-strided and its reader's copy ran 20 ms where 1 ms reads it in order).
     """
     p, q = _aligned(p, left, out), _aligned(q, right, out)
     shape = tuple(max(m, n) for m, n in zip(p.shape, q.shape, strict=True))
     if slot is not None:
         return torch.mul(p, q, out=memory.scratch(slot, shape, p.dtype, p.device))
-    if p.requires_grad or q.requires_grad:  # out= does not record gradients
-        return (p * q).contiguous()
+    if p.requires_grad or q.requires_grad or math.prod(shape) < ORDERED_PRODUCT_ELEMENTS:
+        # out= records no gradient, and a copy into order cost more than the readers' own:
+        # ``dws`` (32, 32, 2048) forward+backward 1.03-1.11x. A small product's out= call
+        # costs more than its layout saves (``lru`` streams at batch 8, 1.11x per chunk).
+        return p * q
     dtype = torch.promote_types(p.dtype, q.dtype)
     return torch.mul(p, q, out=torch.empty(shape, dtype=dtype, device=p.device))
 
