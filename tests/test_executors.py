@@ -13,7 +13,7 @@ import re
 import pytest
 import torch
 from cases import MODES, random_operands, reference_with_state, rel_err
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from test_reference import graphs_and_sizes
 
@@ -24,6 +24,7 @@ from contractssm.codegen.executor import executors
 from contractssm.codegen.reference import reference
 from contractssm.modes import get_graph
 from contractssm.planner import state
+from contractssm.planner.lower import layout_of
 from contractssm.planner.search import algorithm_options, placements, vandermonde_factor
 
 TOL64, TOL32 = 1e-9, 2e-4
@@ -398,6 +399,51 @@ def test_stream_with_split_state_powers_matches_the_reference(mode, split, monke
     assert torch.autograd.gradcheck(
         lambda *p: run.ex.stream(x0, *p, run.h0)[0], params, atol=1e-6, fast_mode=True
     )
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    case=graphs_and_sizes(),
+    split=st.sampled_from(state.state_splits(64)),
+    shared=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_graphs_stream_with_split_state_powers(case, split, shared, seed):
+    # Any declaration, any split of a 64-step chunk (the fade's chunk copied into its matmul's
+    # order, its coarse powers a weighted sum): two chunks from a random state, float64.
+    graph, sizes, _ = case
+    sizes = {i: n for i, n in sizes.items() if i in graph.indices}
+    chunk = 64
+
+    def forced(graph, sizes, strategy, state_inputs, profile, itemsize, shared_table=True):
+        return state._lower_stream(
+            graph, sizes, strategy, state_inputs, profile, itemsize, split, shared
+        )
+
+    ops = random_operands(graph, {**sizes, graph.time: 2 * chunk}, seed=seed)
+    args = canonical_args(graph, ops)
+    p = contractssm.plan(graph, {**sizes, graph.time: chunk}, dtype="float64")
+    # Streams split time only where the output's time axis is last (lower_stream's rule).
+    assume(layout_of(executor_module.parse(p.declaration)).output.endswith("T"))
+    h0 = torch.randn(*[sizes[i] for i in graph.state_indices], 2, dtype=torch.float64)
+    y_ref, h_ref = reference_with_state(
+        graph, contractssm.plan(graph, {**sizes, graph.time: 2 * chunk}, dtype="float64"), ops, h0
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(executor_module, "lower_stream", forced)
+        executor_module._executors.cache_clear()
+        ex = executors(p)
+        executor_module._executors.cache_clear()
+    t_axis = graph.signal.indices.index(graph.time)
+    run, h, ys = ex.stream.prepare(*args[1:]), h0, []
+    for t in (0, chunk):
+        y, h = run(args[0].narrow(t_axis, t, chunk), h)
+        ys.append(y)
+    y = torch.cat(ys, dim=graph.output_indices.index(graph.time))
+    err_y = rel_err(y, y_ref) if y_ref.abs().max() > 0 else y.abs().max().item()
+    err_h = rel_err(torch.view_as_complex(h), h_ref) if h_ref.abs().max() > 0 else 0.0
+    print(f"{graph} split {split} shared={shared}: output err {err_y:.2e}, state err {err_h:.2e}")
+    assert err_y <= TOL64 and err_h <= TOL64
 
 
 @dataclasses.dataclass
