@@ -18,6 +18,13 @@ def _tensor(axes: str, sizes: dict[str, int], is_complex: bool) -> torch.Tensor:
     return torch.randn([sizes[a] for a in axes], dtype=dtype)
 
 
+def _operands_and_product(equation: str, sizes: dict[str, int], kinds: tuple[bool, bool]):
+    """Random operands of a two-term ``equation`` and their product in complex128."""
+    left, right = equation.split("->")[0].split(",")
+    p, q = _tensor(left, sizes, kinds[0]), _tensor(right, sizes, kinds[1])
+    return p, q, torch.einsum(equation, p.to(torch.complex128), q.to(torch.complex128))
+
+
 @st.composite
 def products(draw):
     letters = "abcdR"
@@ -37,10 +44,9 @@ def products(draw):
 @given(case=products())
 def test_einsum_real_is_the_real_part_of_the_product(case):
     equation, sizes, (p_cx, q_cx) = case
-    left, right = equation.split("->")[0].split(",")
-    p, q = _tensor(left, sizes, p_cx), _tensor(right, sizes, q_cx)
+    p, q, product = _operands_and_product(equation, sizes, (p_cx, q_cx))
     got = rt.einsum_real(equation, p, q)
-    want = torch.einsum(equation, p.to(torch.complex128), q.to(torch.complex128)).real
+    want = product.real
     err = (got - want).abs().max().item() if want.numel() else 0.0
     print(f"{equation} complex={p_cx, q_cx} max abs err {err:.2e}")
     assert not got.is_complex()
@@ -453,15 +459,14 @@ def test_weighted_sum_is_the_einsum(case):
     from contractssm.planner.matmul import is_weighted_sum
 
     equation, sizes, (p_cx, q_cx) = case
-    left, right = equation.split("->")[0].split(",")
-    p, q = _tensor(left, sizes, p_cx), _tensor(right, sizes, q_cx)
+    p, q, want = _operands_and_product(equation, sizes, (p_cx, q_cx))
     got = rt.weighted_sum(equation, p, q)
-    want = torch.einsum(equation, p.to(torch.complex128), q.to(torch.complex128))
     err = (got - want).abs().max().item() if want.numel() else 0.0
     print(f"{equation} {sizes} complex={p_cx, q_cx} max abs err {err:.2e}")
     assert got.shape == want.shape and got.is_complex()
     assert err < 1e-12
-    summed = math.prod(sizes[a] for a in set(left + right) - set(equation.split("->")[1]))
+    ins, out = equation.split("->")
+    summed = math.prod(sizes[a] for a in set(ins) - {","} - set(out))
     assert is_weighted_sum(equation, sizes) == (1 < summed <= 16)
 
 

@@ -125,15 +125,16 @@ def weighted_sum(equation: str, p: Tensor, q: Tensor) -> Tensor:
     q = _aligned(q, right, left)
     summed = [k for k, a in enumerate(left) if a not in out]
     kept = "".join(a for a in left if a in out)
+    to_out = [kept.index(a) for a in out]
     if p.numel() < WEIGHTED_SUM_LOOP_ELEMENTS:  # few elements: two ops beat one per term
-        return (p * q).sum(summed).permute([kept.index(a) for a in out])
+        return (p * q).sum(summed).permute(to_out)
     total = None
     for index in itertools.product(*(range(p.shape[k]) for k in summed)):
         p_term, q_term = p, q
         for k, i in sorted(zip(summed, index, strict=True), reverse=True):
             p_term, q_term = p_term.select(k, i), q_term.select(k, min(i, q_term.shape[k] - 1))
         total = p_term * q_term if total is None else total.addcmul_(p_term, q_term)
-    return total.permute([kept.index(a) for a in out])
+    return total.permute(to_out)
 
 
 def stack_conj_parts(p: Tensor) -> Tensor:

@@ -115,7 +115,7 @@ def lower_stream(
     lay = layout_of(graph)
     batch = math.prod(sizes[i] for i in _batch_like(graph))
     table_bytes = math.prod(sizes[a] for a in lay.states) * sizes[graph.time] * 2 * itemsize
-    splits = []
+    splits = []  # time is split only as the output's last axis
     if lay.output.endswith("T") and table_bytes >= LARGE_TABLE_BYTES:
         splits = state_splits(sizes[graph.time])
     elif lay.output.endswith("T") and table_bytes >= SPLIT_TABLE_BYTES:
