@@ -259,6 +259,44 @@ def test_fft_conv_scratch_is_never_read_after_reuse(monkeypatch):
         assert max(errs) < 1e-12
 
 
+@pytest.mark.parametrize(
+    "equation, taken",
+    [
+        ("Fbd,Fad->Fab", True),  # full's forward: the signal on the left, the kernel transposed
+        ("Fab,Fad->Fbd", True),  # its kernel gradient: the gradient transposed
+        ("Fab,Fbd->Fad", True),  # its signal gradient: a plain bmm
+        ("Fgbd,Fgad->Fgba", True),  # two shared axes; the left operand's free axis first
+        ("Fbde,Faed->Fab", True),  # two summed axes, in different orders
+        ("Fbd,Facd->Facb", True),  # two free axes on one side
+        ("Fbd,Fad->Fba", True),
+        ("Fbd,Fad->aFb", False),  # shared axis not leading the output
+        ("Fcbd,Fad->Fcab", False),  # a free axis between the shared ones and the other side's
+        ("Fbd,Fbd->Fb", False),  # nothing free on either side
+        ("bFd,Fad->Fab", False),  # shared axis not leading an operand
+    ],
+)
+def test_matmul_into_scratch_equals_einsum(equation, taken):
+    from contractssm.codegen import memory
+
+    memory.release_scratch()
+    gen = torch.Generator().manual_seed(len(equation))
+    sizes = dict(zip("Fabcdeg", (5, 3, 4, 2, 6, 3, 2), strict=True))
+    ins, _ = equation.split("->")
+    p, q = (
+        torch.randn([sizes[a] for a in t], dtype=torch.complex128, generator=gen)
+        for t in ins.split(",")
+    )
+    got = rt._matmul_into(equation, p, q, "t.matmul")
+    assert (got is not None) == taken
+    if got is None:
+        return
+    want = torch.einsum(equation, p, q)
+    err = (got - want).abs().max().item()
+    print(f"{equation}: max error {err:.1e}")
+    assert err < 1e-12 and got.is_contiguous()
+    assert got.data_ptr() == memory.scratch("t.matmul", (1,), got.dtype, "cpu").data_ptr()
+
+
 def test_scratch_reuses_one_buffer_per_slot_and_stays_in_bounds(monkeypatch):
     from contractssm.codegen import memory
 

@@ -612,7 +612,10 @@ def _product(equation: str, p: Tensor, q: Tensor, major: bool, slot: str | None 
     elementwise product, is written into scratch memory.
     """
     if major:
-        product = torch.einsum(_frequency_first(equation), p, q)
+        first = _frequency_first(equation)
+        product = None if slot is None else _matmul_into(first, p, q, f"{slot}.matmul")
+        if product is None:
+            product = torch.einsum(first, p, q)
         return _transposed(product.reshape(product.shape[0], -1), slot).reshape(
             *product.shape[1:], product.shape[0]
         )
@@ -621,6 +624,48 @@ def _product(equation: str, p: Tensor, q: Tensor, major: bool, slot: str | None 
     if slot is None or set(left) | set(right) != set(out):
         return einsum(equation, p, q)
     return _broadcast_product(p, left, q, right, out, slot)
+
+
+def _matmul_into(equation: str, p: Tensor, q: Tensor, slot: str) -> Tensor | None:
+    """``einsum(equation, p, q)`` as one ``bmm`` written into scratch memory, or ``None``.
+
+    For a product read once, at once, by the transpose after it (:func:`_product`): a fresh
+    16 MiB product page-faults on most calls (see :mod:`~contractssm.codegen.memory`), and
+    the backward's two products of ``full`` (32, 32, 2048) in scratch took its FFTConv
+    forward+backward 68-93 -> 60-64 ms (25 interleaved rounds, three processes). Taken when
+    the output is the shared (batch) axes, leading every term in one order, then one
+    operand's free axes and the other's, so the ``bmm`` result is the product laid out (the
+    operands may be transposed views: ``bmm`` reads them in place); otherwise ``None``, and
+    while compiling (scratch is fresh memory there).
+    """
+    if torch.compiler.is_compiling():
+        return None
+    ins, out = equation.split("->")
+    left, right = ins.split(",")
+    shared = "".join(a for a in out if a in left and a in right)
+    summed = [a for a in left if a in right and a not in out]
+    if not (shared and out.startswith(shared)) or not summed:
+        return None
+    if not (left.startswith(shared) and right.startswith(shared)):
+        return None
+    for a, a_axes, b, b_axes in ((p, left, q, right), (q, right, p, left)):
+        a_free = "".join(x for x in a_axes if x not in b_axes)
+        b_free = "".join(x for x in b_axes if x not in a_axes)
+        if out != shared + a_free + b_free or not (a_free and b_free):
+            continue
+        sizes = dict(zip(a_axes, a.shape, strict=True)) | dict(zip(b_axes, b.shape, strict=True))
+        batch = math.prod(sizes[x] for x in shared)
+        inner = math.prod(sizes[x] for x in summed)
+        rows, cols = math.prod(sizes[x] for x in a_free), math.prod(sizes[x] for x in b_free)
+        lhs = _aligned(a, a_axes, shared + a_free + "".join(summed)).reshape(batch, rows, inner)
+        rhs = _aligned(b, b_axes, shared + "".join(summed) + b_free).reshape(batch, inner, cols)
+        dtype = torch.promote_types(a.dtype, b.dtype)
+        if lhs.dtype != dtype or rhs.dtype != dtype:
+            return None
+        result = memory.scratch(slot, (batch, rows, cols), dtype, a.device)
+        torch.bmm(lhs, rhs, out=result)
+        return result.view([sizes[x] for x in out])
+    return None
 
 
 def _frequency_major(t: Tensor, slot: str | None = None) -> Tensor:
