@@ -268,7 +268,7 @@ def test_fft_conv_scratch_is_never_read_after_reuse(monkeypatch):
         ("Fgbd,Fgad->Fgba", True),  # two shared axes; the left operand's free axis first
         ("Fbde,Faed->Fab", True),  # two summed axes, in different orders
         ("Fbd,Facd->Facb", True),  # two free axes on one side
-        ("Fbd,Fad->Fba", True),
+        ("Fbd,Fad->Fba", True),  # the first operand's free axis first: it is the left one
         ("Fbd,Fad->aFb", False),  # shared axis not leading the output
         ("Fcbd,Fad->Fcab", False),  # a free axis between the shared ones and the other side's
         ("Fbd,Fbd->Fb", False),  # nothing free on either side

@@ -24,8 +24,9 @@ and thread for a temporary that dies inside one runtime call: in ``FFTConv``, ea
 zero-padded FFT input, the frequency-major gradient spectrum that both backward products
 read, each product (transposed back, or elementwise) that the inverse FFT reads at once,
 and a channel-summing product's ``bmm`` result, which that transpose reads at once
-(``full`` (32, 32, 2048) FFTConv forward+backward 68-93 -> 58-72 ms, 21-25 interleaved rounds;
-every other FFT plan of the grid has an elementwise product).
+(``full`` (32, 32, 2048) FFTConv forward+backward 80.7 -> 58.5 and 80.9 -> 71.6 ms, 21
+interleaved rounds in two processes; every other FFT plan of the grid has an elementwise
+product).
 Against the FFTConv of 8214c53 (same programs, 11 interleaved rounds): ``full`` (32, 32,
 2048) forward+backward 72.8 -> 64.3 ms, (8, 64, 1024) 192 -> 150 ms; ``dws`` (8, 64, 1024)
 15.7 -> 12.1 ms, (8, 64, 4096) 51.4 -> 37.7 ms; ``s4d`` (32, 2048) 141 -> 103 ms; cells of

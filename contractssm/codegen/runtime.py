@@ -630,9 +630,9 @@ def _matmul_into(equation: str, p: Tensor, q: Tensor, slot: str) -> Tensor | Non
     """``einsum(equation, p, q)`` as one ``bmm`` written into scratch memory, or ``None``.
 
     For a product read once, at once, by the transpose after it (:func:`_product`): a fresh
-    16 MiB product page-faults on most calls (see :mod:`~contractssm.codegen.memory`), and
-    the backward's two products of ``full`` (32, 32, 2048) in scratch took its FFTConv
-    forward+backward 68-93 -> 60-64 ms (25 interleaved rounds, three processes). Taken when
+    16 MiB product page-faults on most calls (see :mod:`~contractssm.codegen.memory`): the
+    three products of ``full`` (32, 32, 2048) in scratch took its FFTConv forward+backward
+    80.7 -> 58.5 and 80.9 -> 71.6 ms (21 interleaved rounds, two processes). Taken when
     the output is the shared (batch) axes, leading every term in one order, then one
     operand's free axes and the other's, so the ``bmm`` result is the product laid out (the
     operands may be transposed views: ``bmm`` reads them in place); otherwise ``None``, and
