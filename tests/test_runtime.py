@@ -204,12 +204,13 @@ def _check_fft_conv(kernel, signal, equation, n, length):
     )
 
 
+@pytest.mark.parametrize("conj", [False, True])
 @pytest.mark.parametrize("shape", [(1, 5), (127, 3), (128, 9), (129, 4), (300, 257), (513, 7)])
-def test_blocked_transpose_equals_the_plain_transpose(shape):
+def test_blocked_transpose_equals_the_plain_transpose(shape, conj):
     m = torch.randn(*shape, dtype=torch.complex64)
-    got = rt._transposed(m)
+    got = rt._transposed(m, conj=conj)
     assert got.is_contiguous() and got.shape == (shape[1], shape[0])
-    assert torch.equal(got, m.t())
+    assert torch.equal(got, m.t().conj() if conj else m.t())
 
 
 def test_fft_conv_with_blocked_transposes_matches_the_definition(monkeypatch):
