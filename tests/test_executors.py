@@ -199,6 +199,20 @@ def test_prepared_stream_lays_out_its_kernel_spectrum_once(mode):
         assert "rt.frequency_major(" not in source and not flagged
 
 
+def test_prepared_stream_reads_its_conjugated_constant_as_it_lies():
+    # full's readout of the initial state is Re(h0 W0 a^(64 m) a^(n + 1)): prepare stores the
+    # table of powers conjugated, so each chunk's real matmul views both operands (no stacked
+    # copy of the chunk's product). The reference either way.
+    run = _run_prepared_stream("full", 128, 64, seed=6)
+    source = run.ex.stream.split_source
+    apply = source[source.index("def _stream_apply_body") : source.index("def stream_constants")]
+    prepare = source[source.index("def stream_constants") : source.index("def stream_apply")]
+    print(f"full: output err {run.err_y:.2e}, state err {run.err_h:.2e}")
+    print(prepare)
+    assert "conj_physical" in prepare and "stack_conj_parts" not in apply
+    assert run.err_y <= TOL64 and run.err_h <= TOL64
+
+
 @pytest.mark.parametrize("in_place", [False, True], ids=["re-first", "in-place"])
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_step_output_read_in_place_or_real_part_first(mode, in_place, monkeypatch):

@@ -110,6 +110,38 @@ def test_realified_expression_equals_einsum(case, which):
     assert torch.allclose(got, want, atol=1e-12), (equation, expr)
 
 
+@settings(max_examples=300, deadline=None)
+@given(case=contractions(), conjugated_first=st.booleans())
+def test_real_part_against_a_conjugated_operand_equals_einsum(case, conjugated_first):
+    # A prepared stream stores a constant conjugated: Re(p q) is then one real matmul of both
+    # operands' (Re, Im) views (nothing stacked), fed conj(q) for q.
+    equation, sizes = case
+    left, right = equation.split("->")[0].split(",")
+    x = torch.randn([sizes[a] for a in left], dtype=torch.complex128)
+    y = torch.randn([sizes[a] for a in right], dtype=torch.complex128)
+    flags = (conjugated_first, not conjugated_first)
+    best = contraction_matmul("einsum_real", equation, ("x", "y"), (True, True), sizes, flags)
+    if best is None:
+        return
+    stored = {"x": x.conj_physical() if flags[0] else x, "y": y.conj_physical() if flags[1] else y}
+    got = eval(best[1], {"torch": torch, "rt": rt, **stored})
+    want = torch.einsum(equation, x, y).real
+    print(equation, best[1])
+    assert "stack_conj_parts" not in best[1], best[1]
+    assert got.shape == want.shape and not got.is_complex(), (equation, best[1])
+    assert torch.allclose(got, want, atol=1e-12), (equation, best[1])
+
+
+def test_conjugated_operands_only_for_real_parts_of_complex_products():
+    sizes = {"a": 2, "b": 3, "c": 4}
+    for op, kinds, flags in (
+        ("einsum", (True, True), (False, True)),  # a complex product keeps its conjugates
+        ("einsum_real", (False, True), (False, True)),  # mixed: no (Re, Im) pairing
+        ("einsum_real", (True, True), (True, True)),  # both conjugated: Re(conj(p q)) pairs
+    ):
+        assert contraction_matmul(op, "ab,bc->ac", ("x", "y"), kinds, sizes, flags) is None
+
+
 def test_chunked_state_products_are_matmuls():
     # The chunked algorithm's state products (per-state vectors against the chunked signal)
     # are bmm calls on views, the small per-state operand expanded over the batch.

@@ -22,6 +22,7 @@ def emit_function(
     sizes: dict[str, int] | None = None,
     is_complex: dict[str, bool] | None = None,
     frequency_major: frozenset[str] = frozenset(),
+    conjugated: frozenset[str] = frozenset(),
 ) -> str:
     """Source of a function ``name(*params)`` running ``steps`` and returning ``returns``.
 
@@ -37,6 +38,8 @@ def emit_function(
         is_complex: whether each input is complex.
         frequency_major: inputs laid out by :func:`~contractssm.codegen.runtime.frequency_major`
             (read only by spectral products, see :func:`is_spectral_product`).
+        conjugated: complex inputs passed as their conjugates (a prepared stream's constants
+            read only by real-part contractions: see ``matmul.realified``).
     """
     axes = dict(axes)
     cplx = dict(is_complex or {})
@@ -58,7 +61,8 @@ def emit_function(
             last_use[i] = k
     for k, step in enumerate(steps):
         lines.append(f"    # {_describe(step)}")
-        lines.extend("    " + line for line in _emit(step, axes, sizes, cplx, frequency_major))
+        emitted = _emit(step, axes, sizes, cplx, frequency_major, conjugated)
+        lines.extend("    " + line for line in emitted)
         axes[step.output] = step.axes
         cplx[step.output] = step.is_complex
         dead = sorted(
@@ -103,7 +107,12 @@ def is_spectral_product(step: Step, cplx: dict[str, bool]) -> bool:
 
 
 def _emit(
-    step: Step, axes: dict[str, str], sizes, cplx: dict[str, bool], frequency_major=frozenset()
+    step: Step,
+    axes: dict[str, str],
+    sizes,
+    cplx: dict[str, bool],
+    frequency_major=frozenset(),
+    conjugated=frozenset(),
 ) -> list[str]:
     out, ins, a = step.output, step.inputs, step.attrs and dict(step.attrs)
     op = step.op
@@ -116,9 +125,12 @@ def _emit(
             if frequency_major & set(ins):
                 call += f", {tuple(i in frequency_major for i in ins)!r}"
             return [f"{out} = {call})"]
-        best = contraction_matmul(op, step.equation, (ins[0], ins[1]), kinds, sizes)
+        conj = tuple(i in conjugated for i in ins)
+        best = contraction_matmul(op, step.equation, (ins[0], ins[1]), kinds, sizes, conj)
         if best is not None:
             return [f"{out} = {best[1]}"]
+        if any(conj):
+            raise ValueError(f"{step.equation}: a conjugated operand needs a matmul form")
     if op == "einsum":
         args = ", ".join(ins)
         return [f'{out} = rt.einsum("{step.equation}", {args})']

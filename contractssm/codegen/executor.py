@@ -278,6 +278,7 @@ def _split_source(
         and readers[c]
         and all(is_spectral_product(st, cplx) for st in readers[c])
     )
+    conjugated = _conjugated_constants(needed, readers, outputs, spectra, cplx, builder.sizes)
     const_src = emit_function(
         f"_{name}_constants_body",
         weights,
@@ -296,6 +297,7 @@ def _split_source(
         {p: apply_axes[p] for p in apply_params},
         is_complex={p: cplx[p] for p in apply_params},
         frequency_major=spectra,
+        conjugated=conjugated,
         **kw,
     )
     dtype = plan.dtype
@@ -303,18 +305,23 @@ def _split_source(
     lines.append(f"    with rt.no_autocast({weights[0]}.device.type):")
     lines += [_converted(p, dtype, complex_inputs) for p in weights]
     made = f"_{name}_constants_body({', '.join(weights)})"
-    if any((c in layouts and c not in laid_out) or c in spectra for c in needed):
-        # Hoisted constants are stored in the memory order their readers want.
+    fresh = {st.output for st in const_steps if st.op == "powers"}
+    if any((c in layouts and c not in laid_out) or c in spectra or c in conjugated for c in needed):
+        # Hoisted constants are stored in the memory order their readers want, conjugated
+        # where their readers take them so.
         lines.append(f"        c = {made}")
         parts = []
         for k, c in enumerate(needed):
+            part = f"c[{k}]"
             if c in layouts and c not in laid_out:  # computed once, copied into that order
                 perm = ", ".join(str(axes[c].index(a)) for a in layouts[c])
-                parts.append(f"c[{k}].permute({perm}).contiguous()")
+                part = f"c[{k}].permute({perm}).contiguous()"
             elif c in spectra:
-                parts.append(f"rt.frequency_major(c[{k}])")
-            else:
-                parts.append(f"c[{k}]")
+                part = f"rt.frequency_major(c[{k}])"
+            if c in conjugated:  # in place on a table this call made, else into a copy
+                copied = c in fresh or (c in layouts and c not in laid_out)
+                part = f"{part}.conj_physical_()" if copied else f"torch.conj_physical({part})"
+            parts.append(part)
         made = f"({', '.join(parts)},)"
     lines.append(f"        return {made}")
     lines.append("")
@@ -326,10 +333,47 @@ def _split_source(
     lines.append(f"        y, h = _{name}_apply_body({args})")
     lines.append("        return y, torch.view_as_real(h)")
     source = const_src + "\n\n" + apply_src + "\n\n" + "\n".join(lines) + "\n"
-    return source, _constant_reads(var_steps, needed, cplx, builder.sizes)
+    return source, _constant_reads(var_steps, needed, cplx, builder.sizes, conjugated)
 
 
-def _constant_reads(steps, constants, cplx, sizes) -> tuple[tuple[str, int | None], ...]:
+def _conjugated_constants(needed, readers, outputs, spectra, cplx, sizes) -> frozenset[str]:
+    """The complex constants a prepared stream stores conjugated.
+
+    ``Re(p q)`` of two complex operands is a real matmul of ``(Re p, -Im p)`` stacked (a copy
+    of ``p`` every chunk) against ``(Re q, Im q)`` viewed; with ``q`` held as ``conj(q)``
+    (once, by ``prepare``) both are views: the ``full`` (8, 64, 64, 16) stream's readout of
+    its initial state, chunks of 256, stacks a 16 MiB product per chunk otherwise (2.2 of
+    its 36 ms, measured). Taken for a constant read only by such products, each with a
+    matmul form on views (see ``matmul.realified``).
+    """
+    chosen: set[str] = set()
+    for c in needed:
+        if not cplx.get(c) or c in spectra or c in outputs or not readers[c]:
+            continue
+        ok = True
+        for st in readers[c]:
+            kinds = tuple(bool(cplx.get(i)) for i in st.inputs)
+            flags = tuple(i == c for i in st.inputs)
+            ok = (
+                st.op == "einsum_real"
+                and len(st.inputs) == 2
+                and all(kinds)
+                and st.inputs.count(c) == 1
+                and not chosen & set(st.inputs)
+                and not weighted_sum_form(st.op, st.equation, kinds, sizes)
+                and contraction_matmul(st.op, st.equation, st.inputs, kinds, sizes, flags)
+                is not None
+            )
+            if not ok:
+                break
+        if ok:
+            chosen.add(c)
+    return frozenset(chosen)
+
+
+def _constant_reads(
+    steps, constants, cplx, sizes, conjugated=frozenset()
+) -> tuple[tuple[str, int | None], ...]:
     """``(equation, matrices)`` of ``steps``' contractions that read one of ``constants``.
 
     The emitter's own dispatch (:func:`~contractssm.codegen.emit._emit`): a matmul on views
@@ -350,7 +394,8 @@ def _constant_reads(steps, constants, cplx, sizes) -> tuple[tuple[str, int | Non
         kinds = (bool(cplx.get(st.inputs[0])), bool(cplx.get(st.inputs[1])))
         if weighted_sum_form(st.op, st.equation, kinds, sizes):  # reads in any order
             continue
-        best = contraction_matmul(st.op, st.equation, st.inputs, kinds, sizes)
+        conj = tuple(i in conjugated for i in st.inputs)
+        best = contraction_matmul(st.op, st.equation, st.inputs, kinds, sizes, conj)
         reads.append((st.equation, None if best is None else best[0][0]))
     return tuple(reads)
 

@@ -227,7 +227,11 @@ def _try_roles(left, right, ia, ib, batch, k_axes, m_axes, n_axes, out, sizes):
 
 
 def realified(
-    op: str, equation: str, complex_in: tuple[bool, bool], sizes: dict[str, int]
+    op: str,
+    equation: str,
+    complex_in: tuple[bool, bool],
+    sizes: dict[str, int],
+    conjugated: tuple[bool, bool] = (False, False),
 ) -> tuple[str, tuple[str, str]] | None:
     """A mixed or real-part contraction rewritten as a real one over ``(Re, Im)`` axes.
 
@@ -235,13 +239,18 @@ def realified(
     complex one as ``view``, the ``(Re, Im)`` axis kept last in the output, which is then
     viewed as complex (``einsum``) or its Re half taken (``einsum_real``). The real part of
     two complex operands (``einsum_real``): the smaller as ``stacked`` against ``view``, the
-    axis summed.
+    axis summed; where one operand is stored ``conjugated`` (a prepared stream's constant),
+    ``Re(p q) = Re p Re conj(q) + Im p Im conj(q)`` reads both as ``view``, nothing stacked.
     Returns the real equation and how each operand enters (``real``, ``view`` or
     ``stacked``), or ``None`` when there is no such rewriting.
     """
     ins, out = equation.split("->")
     left, right = ins.split(",")
     z = REAL_AXIS
+    if any(conjugated):
+        if op != "einsum_real" or not all(complex_in) or all(conjugated):
+            return None
+        return f"{left}{z},{right}{z}->{out}", ("view", "view")
     if complex_in[0] != complex_in[1]:
         # The complex operand as (Re, Im), the axis kept last: an einsum views the result as
         # complex, an einsum_real takes its Re half (the real part alone is a stride-2 view
@@ -265,14 +274,14 @@ def operand_expression(name: str, kind: str) -> str:
     }[kind]
 
 
-def _best_realified(op, equation, names, complex_in, sizes):
+def _best_realified(op, equation, names, complex_in, sizes, conjugated=(False, False)):
     """``(score, expression)`` of a mixed or real-part product as a real matmul, or None.
 
     A mixed ``einsum``'s result is viewed as complex, so its ``(Re, Im)`` axis must come out
     last and unit-strided (a permuted result keeps it last); so must a mixed
     ``einsum_real``'s, whose Re half is taken.
     """
-    rewritten = realified(op, equation, complex_in, sizes)
+    rewritten = realified(op, equation, complex_in, sizes, conjugated)
     if rewritten is None:
         return None
     eq, kinds = rewritten
@@ -296,24 +305,27 @@ def contraction_matmul(
     names: tuple[str, str],
     complex_in: tuple[bool, bool],
     sizes: dict[str, int],
+    conjugated: tuple[bool, bool] = (False, False),
 ) -> tuple[tuple, str] | None:
     """The best matmul form of a two-operand ``einsum`` or ``einsum_real`` step, or ``None``.
 
     Returns ``(score, expression)``: the score orders layouts (fewer, larger matmuls first,
     then fewer permuted results and operand views), so a caller free to choose an operand's
     layout can compare them. The one dispatch the code generator and the cost model share.
+    ``conjugated`` flags an operand held as its conjugate (see :func:`realified`).
     """
     letters = sorted(set(equation) - set(",->"))
     key = tuple((a, sizes[a]) for a in letters)
-    return _contraction_matmul(op, equation, tuple(names), tuple(map(bool, complex_in)), key)
+    flags = tuple(map(bool, complex_in)), tuple(map(bool, conjugated))
+    return _contraction_matmul(op, equation, tuple(names), *flags, key)
 
 
 @functools.lru_cache(maxsize=65536)
-def _contraction_matmul(op, equation, names, complex_in, sizes):
+def _contraction_matmul(op, equation, names, complex_in, conjugated, sizes):
     sizes = dict(sizes)
-    if op == "einsum" and complex_in[0] == complex_in[1]:
+    if op == "einsum" and complex_in[0] == complex_in[1] and not any(conjugated):
         return _best_matmul(equation, names[0], names[1], sizes, False)
-    return _best_realified(op, equation, names, complex_in, sizes)
+    return _best_realified(op, equation, names, complex_in, sizes, conjugated)
 
 
 def is_weighted_sum(equation: str, sizes: dict[str, int]) -> bool:
