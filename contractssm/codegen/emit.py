@@ -141,7 +141,10 @@ def _emit(
     if op == "add":
         return [f"{out} = {ins[0]} + {ins[1]}"]
     if op == "powers":
-        call = f"{ins[0]}, {a['count']}, {a['scale']}, {a['offset']}, rdt, dev"
+        # A table stored conjugated (a prepared stream's, see executor._split_source) is the
+        # powers of the conjugate rate: conj(a)^t = conj(a^t), no pass over the table.
+        rate = f"torch.conj_physical({ins[0]})" if a.get("conjugate") else ins[0]
+        call = f"{rate}, {a['count']}, {a['scale']}, {a['offset']}, rdt, dev"
         count_axis = next(x for x in step.axes if x not in axes[ins[0]])
         natural = axes[ins[0]] + count_axis
         if step.axes != natural:  # a hoisted table laid out for its readers

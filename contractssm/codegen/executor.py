@@ -278,7 +278,16 @@ def _split_source(
         and readers[c]
         and all(is_spectral_product(st, cplx) for st in readers[c])
     )
-    conjugated = _conjugated_constants(needed, readers, outputs, spectra, cplx, builder.sizes)
+    # A table of powers read only per chunk, by real-part products, is computed conjugated.
+    tables = [st.output for st in const_steps if st.op == "powers"]
+    tables = [c for c in tables if c in readers and c not in read_by_constants | set(outputs)]
+    conjugated = _conjugated_constants(tables, readers, cplx, builder.sizes)
+    const_steps = tuple(
+        dataclasses.replace(st, attrs=(*st.attrs, ("conjugate", 1)))
+        if st.output in conjugated
+        else st
+        for st in const_steps
+    )
     const_src = emit_function(
         f"_{name}_constants_body",
         weights,
@@ -305,23 +314,18 @@ def _split_source(
     lines.append(f"    with rt.no_autocast({weights[0]}.device.type):")
     lines += [_converted(p, dtype, complex_inputs) for p in weights]
     made = f"_{name}_constants_body({', '.join(weights)})"
-    fresh = {st.output for st in const_steps if st.op == "powers"}
-    if any((c in layouts and c not in laid_out) or c in spectra or c in conjugated for c in needed):
-        # Hoisted constants are stored in the memory order their readers want, conjugated
-        # where their readers take them so.
+    if any((c in layouts and c not in laid_out) or c in spectra for c in needed):
+        # Hoisted constants are stored in the memory order their readers want.
         lines.append(f"        c = {made}")
         parts = []
         for k, c in enumerate(needed):
-            part = f"c[{k}]"
             if c in layouts and c not in laid_out:  # computed once, copied into that order
                 perm = ", ".join(str(axes[c].index(a)) for a in layouts[c])
-                part = f"c[{k}].permute({perm}).contiguous()"
+                parts.append(f"c[{k}].permute({perm}).contiguous()")
             elif c in spectra:
-                part = f"rt.frequency_major(c[{k}])"
-            if c in conjugated:  # in place on a table this call made, else into a copy
-                copied = c in fresh or (c in layouts and c not in laid_out)
-                part = f"{part}.conj_physical_()" if copied else f"torch.conj_physical({part})"
-            parts.append(part)
+                parts.append(f"rt.frequency_major(c[{k}])")
+            else:
+                parts.append(f"c[{k}]")
         made = f"({', '.join(parts)},)"
     lines.append(f"        return {made}")
     lines.append("")
@@ -336,19 +340,19 @@ def _split_source(
     return source, _constant_reads(var_steps, needed, cplx, builder.sizes, conjugated)
 
 
-def _conjugated_constants(needed, readers, outputs, spectra, cplx, sizes) -> frozenset[str]:
-    """The complex constants a prepared stream stores conjugated.
+def _conjugated_constants(tables, readers, cplx, sizes) -> frozenset[str]:
+    """The hoisted tables of powers a prepared stream stores conjugated.
 
     ``Re(p q)`` of two complex operands is a real matmul of ``(Re p, -Im p)`` stacked (a copy
-    of ``p`` every chunk) against ``(Re q, Im q)`` viewed; with ``q`` held as ``conj(q)``
-    (once, by ``prepare``) both are views: the ``full`` (8, 64, 64, 16) stream's readout of
-    its initial state, chunks of 256, stacks a 16 MiB product per chunk otherwise (2.2 of
-    its 36 ms, measured). Taken for a constant read only by such products, each with a
-    matmul form on views (see ``matmul.realified``).
+    of ``p`` every chunk) against ``(Re q, Im q)`` viewed; with the table ``q`` held as
+    ``conj(q)`` (the powers of the conjugate rate, no extra pass) both are views: the
+    ``full`` (8, 64, 64, 16) stream's readout of its initial state, chunks of 256, stacks a
+    16 MiB product per chunk otherwise (2.2 of its 36 ms, measured). Taken for a table read
+    only by such products, each with a matmul form on views (see ``matmul.realified``).
     """
     chosen: set[str] = set()
-    for c in needed:
-        if not cplx.get(c) or c in spectra or c in outputs or not readers[c]:
+    for c in tables:
+        if not cplx.get(c) or not readers[c]:
             continue
         ok = True
         for st in readers[c]:
