@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from cases import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -576,3 +577,51 @@ def test_stack_conj_parts_is_re_and_minus_im():
         assert torch.equal(got, torch.stack((view.real, -view.imag), dim=-1))
     x = torch.randn(3, 4, dtype=torch.complex128, requires_grad=True)
     torch.autograd.gradcheck(lambda x: rt.stack_conj_parts(x.t()), (x,))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    layout=st.sampled_from(
+        [("bde", "bde", "bd"), ("cn", "n", "c"), ("cn", "cn", "c"), ("sn", "s", "")]
+    ),
+    runs=st.sampled_from(
+        [((4, 8, 0), (8, 1, 0)), ((4, -8, 30), (8, -1, 7)), ((3, 5, 2), (5, 1, 1))]
+    ),
+    weight_on_second=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_vandermonde_real_gradcheck(layout, runs, weight_on_second, seed):
+    # The fused Vandermonde kernel against its four steps (powers, powers, the weighting,
+    # einsum_real) and finite differences, float64: any kept/summed states, rising and falling
+    # runs, the weight on all or some of the rate's axes, on either factor.
+    states, w_axes, kept = layout
+    g = torch.Generator().manual_seed(seed)
+    size = {"b": 3, "d": 2, "e": 4, "c": 3, "n": 5, "s": 4}
+    shape = [size[a] for a in states]
+    rate = torch.complex(
+        -0.3 * torch.rand(shape, generator=g, dtype=torch.float64),
+        torch.randn(shape, generator=g, dtype=torch.float64),
+    ).requires_grad_()
+    weight = torch.randn([size[a] for a in w_axes], generator=g, dtype=torch.float64)
+    weight.requires_grad_()
+    a_run, b_run = runs if weight_on_second else runs[::-1]
+    a, b = ("G", "H") if weight_on_second else ("H", "G")
+    weighting = f"{states}{b},{w_axes}->{states}{b}"
+    equation = f"{states}{a},{states}{b}->{kept}GH"
+
+    def steps(r, w):
+        v_a = rt.powers(r, *a_run, torch.float64, r.device)
+        v_b = rt.powers(r, *b_run, torch.float64, r.device)
+        return rt.einsum_real(equation, v_a, rt.einsum(weighting, v_b, w))
+
+    def fused(r, w):
+        return rt.vandermonde_real(r, w, (a_run, b_run), weighting, equation)
+
+    want, got = steps(rate, weight), fused(rate, weight)
+    cot = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    g_want = torch.autograd.grad(want, (rate, weight), cot)
+    g_got = torch.autograd.grad(got, (rate, weight), cot)
+    errs = [rel_err(x, y) for x, y in zip(g_got, g_want, strict=True)]
+    print(f"{layout} {runs} weight on second={weight_on_second}: {rel_err(got, want):.1e} {errs}")
+    assert rel_err(got, want) <= 1e-13 and max(errs) <= 1e-12
+    assert torch.autograd.gradcheck(fused, (rate, weight), fast_mode=True)

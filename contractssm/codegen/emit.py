@@ -151,6 +151,13 @@ def _emit(
             order = tuple(natural.index(x) for x in step.axes)
             return [f"{out} = rt.powers_laid_out({call}, {order})"]
         return [f"{out} = rt.powers({call})"]
+    if op == "vandermonde_real":
+        weighting, equation = step.equation.split("|")
+        runs = tuple(tuple(a[f"{r}_{k}"] for k in ("count", "scale", "offset")) for r in "ab")
+        return [
+            f'{out} = rt.vandermonde_real({ins[0]}, {ins[1]}, {runs!r}, "{weighting}", '
+            f'"{equation}")'
+        ]
     if op == "chunk_scan":
         return [
             f"{out} = rt.chunk_scan({_broadcast(ins[0], axes[ins[0]], step.axes[:-1])}, "

@@ -33,7 +33,7 @@ import torch
 
 from contractssm.codegen import runtime
 from contractssm.codegen.emit import emit_function, is_spectral_product
-from contractssm.codegen.fuse import fuse_fft_conv
+from contractssm.codegen.fuse import fuse_fft_conv, fuse_vandermonde
 from contractssm.codegen.layout import choose_layouts, relabelled
 from contractssm.planner.lower import lower_kernel
 from contractssm.planner.matmul import contraction_matmul, weighted_sum_form
@@ -171,6 +171,7 @@ def _make(name, params, builder, outputs, plan: Plan, header: str, state: bool) 
     layouts = choose_layouts(steps, free, outputs, every_axes, cplx, builder.sizes)
     steps = tuple(relabelled(s, layouts) for s in steps)
     axes = {p: every_axes[p] for p in params}
+    steps = fuse_vandermonde(steps, outputs, cplx, axes)
     body = emit_function(
         f"_{name}_body",
         params,

@@ -5,6 +5,10 @@
 product saves the real inputs instead of both complex spectra (about half the saved
 activations of the convolution); a channel-contracting one runs frequency-major and saves
 those spectra, so the backward needs no FFT of them.
+
+A factorised Vandermonde kernel (two runs of powers of the rate, a real weight multiplied into
+one, the real part of their contraction over the states) becomes one
+:func:`contractssm.codegen.runtime.vandermonde_real` call with a closed-form backward.
 """
 
 from __future__ import annotations
@@ -49,3 +53,92 @@ def fuse_fft_conv(steps: tuple[Step, ...], outputs: tuple[str, ...]) -> tuple[St
         )
         dropped |= {mix.output, ffts[0].output, ffts[1].output}
     return tuple(fused.get(s.output, s) for s in steps if s.output not in dropped)
+
+
+def fuse_vandermonde(
+    steps: tuple[Step, ...],
+    outputs: tuple[str, ...],
+    is_complex: dict[str, bool],
+    axes: dict[str, str],
+) -> tuple[Step, ...]:
+    """Replace each powers/powers/weighting/einsum_real chain of a Vandermonde kernel.
+
+    The chain: ``V_a = powers(rate)`` and ``V_b = powers(rate)`` on the rate's axes then
+    their run's axis, ``E = V_b * W`` for a real parameter ``W`` on some of the rate's axes
+    (a broadcast product), ``K = Re einsum(V_a, E)`` keeping both run axes; ``V_a``, ``V_b``
+    and ``E`` read by nothing else. ``axes`` holds the parameters' axes; ``is_complex``
+    every tensor's dtype kind.
+    """
+    if not ENABLED:
+        return steps
+    uses: dict[str, int] = {}
+    for s in steps:
+        for i in s.inputs:
+            uses[i] = uses.get(i, 0) + 1
+    for name in outputs:
+        uses[name] = uses.get(name, 0) + 1
+    by_output = {s.output: s for s in steps}
+    fused: dict[str, Step] = {}
+    dropped: set[str] = set()
+    for s in steps:
+        chain = _vandermonde_chain(s, by_output, uses, is_complex, axes)
+        if chain is None:
+            continue
+        v_a, v_b, weighting, weight = chain
+        a_term, e_term = s.equation.split("->")[0].split(",")[
+            :: 1 if s.inputs[0] == v_a.output else -1
+        ]
+        w_term = weighting.equation.split("->")[0].split(",")[weighting.inputs.index(weight)]
+        fused[s.output] = replace(
+            s,
+            op="vandermonde_real",
+            inputs=(v_a.inputs[0], weight),
+            # The weighting's equation, then the contraction's (the step is emitted only).
+            equation=f"{v_b.axes},{w_term}->{weighting.axes}|{a_term},{e_term}->{s.axes}",
+            attrs=tuple(
+                (f"{run}_{k}", st.attr(k))
+                for run, st in (("a", v_a), ("b", v_b))
+                for k in ("count", "scale", "offset")
+            ),
+        )
+        dropped |= {v_a.output, v_b.output, weighting.output}
+    return tuple(fused.get(s.output, s) for s in steps if s.output not in dropped)
+
+
+def _vandermonde_chain(s, by_output, uses, is_complex, axes):
+    """``(V_a, V_b, weighting step, weight name)`` when ``s`` ends a Vandermonde chain."""
+    if s.op != "einsum_real" or len(s.inputs) != 2:
+        return None
+    for k in (0, 1):
+        v_a, weighting = by_output.get(s.inputs[k]), by_output.get(s.inputs[1 - k])
+        if v_a is None or weighting is None or v_a.op != "powers":
+            continue
+        if weighting.op != "einsum" or len(weighting.inputs) != 2:
+            continue
+        powers = [by_output.get(i) for i in weighting.inputs]
+        if sum(p is not None and p.op == "powers" for p in powers) != 1:
+            continue
+        v_b = next(p for p in powers if p is not None and p.op == "powers")
+        weight = next(i for i in weighting.inputs if i != v_b.output)
+        rate = v_a.inputs[0]
+        states = axes.get(rate)
+        ins, out = s.equation.split("->")
+        w_ins, w_out = weighting.equation.split("->")
+        if (
+            weight in by_output
+            or is_complex.get(weight, True)
+            or rate in by_output
+            or v_b.inputs[0] != rate
+            or any(uses.get(t.output, 0) != 1 for t in (v_a, v_b, weighting))
+            or states is None
+            or v_a.axes != states + v_a.axes[-1:]
+            or v_b.axes != states + v_b.axes[-1:]
+            or not set(axes.get(weight, "?")) <= set(states)
+            or set(w_ins) - {","} != set(w_out)  # a broadcast product, nothing summed
+            or ins.split(",")[k] != v_a.axes
+            or not {v_a.axes[-1], v_b.axes[-1]} <= set(out)
+            or not set(out) <= set(states) | {v_a.axes[-1], v_b.axes[-1]}
+        ):
+            continue
+        return v_a, v_b, weighting, weight
+    return None

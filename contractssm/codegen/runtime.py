@@ -347,6 +347,97 @@ def _factors(rate: Tensor, count: int, scale: int, offset: int) -> tuple[Tensor,
     return outer.unsqueeze(-1), inner.unsqueeze(-2), start
 
 
+def vandermonde_real(
+    rate: Tensor,
+    weight: Tensor,
+    runs: tuple[tuple[int, int, int], tuple[int, int, int]],
+    weighting: str,
+    equation: str,
+) -> Tensor:
+    """``Re(einsum(equation, V_a, einsum(weighting, V_b, weight)))``, a factorised kernel.
+
+    ``V_a`` and ``V_b`` are :func:`powers` of ``rate`` (``runs``: each one's ``(count,
+    scale, offset)``), laid out as the rate's axes then the run's; ``weighting`` multiplies
+    the real ``weight`` into ``V_b`` (a broadcast product) and ``equation`` contracts the
+    states: the Vandermonde kernel ``K[.., G, H] = Re sum_s W a^(fine G) a^H`` (see
+    ``codegen.fuse.fuse_vandermonde``). One :class:`VandermondeReal` node whose backward
+    is two contractions of the kernel's gradient against ``conj(V_b)`` and ``tau_b
+    conj(V_b)``, then sums over the small factor ``V_a``; autograd through the four steps
+    formed and conjugate-copied every gradient table instead.
+    """
+    return VandermondeReal.apply(rate, weight, runs, weighting, equation)
+
+
+class VandermondeReal(torch.autograd.Function):
+    """:func:`vandermonde_real` with its gradient in closed form.
+
+    With ``R_1[S, g] = sum_h dK conj(V_b)`` and ``R_2 = sum_h dK tau_b conj(V_b)`` (``S`` the
+    rate's axes, ``dK`` broadcast over the states it sums): ``grad_W = Re sum_g conj(V_a)
+    R_1`` (summed over the states ``W`` lacks) and ``grad_rate = W sum_g conj(V_a) (tau_a
+    R_1 + R_2)``, the chain rule through :class:`Powers` of both runs in PyTorch's convention.
+    Saves both runs (not the weighted one, nor its stacked copy).
+    """
+
+    @staticmethod
+    def forward(ctx, rate, weight, runs, weighting, equation):
+        """The kernel; saves the two runs of powers and the weight."""
+        rdt, dev = rate.real.dtype, rate.device
+        v_a = _powers(rate, *runs[0], rdt, dev)
+        v_b = _powers(rate, *runs[1], rdt, dev)
+        ctx.save_for_backward(v_a, v_b, weight)
+        ctx.runs, ctx.weighting, ctx.equation = runs, weighting, equation
+        return einsum_real(equation, v_a, einsum(weighting, v_b, weight))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        """Two contractions of ``grad`` against the weighted run, then sums over the other."""
+        v_a, v_b, weight = ctx.saved_tensors
+        terms, out = ctx.equation.split("->")
+        a_axes = terms.split(",")[0]
+        b_axes, w_axes = ctx.weighting.split("->")[0].split(",")
+        states, g, h = a_axes[:-1], a_axes[-1], b_axes[-1]
+        tau_a, tau_b = (
+            offset + scale * torch.arange(count, device=grad.device, dtype=grad.dtype)
+            for count, scale, offset in ctx.runs
+        )
+        kept = "".join(a for a in states if a in out)
+        summed = "".join(a for a in states if a not in out)
+        # Both contractions as one batched matmul over the kept states: conj(V_b) and tau_b
+        # conj(V_b) on a new axis y, written once in the order the matmul reads them.
+        y, z = _spare_letters(ctx.equation + ctx.weighting, 2)
+        order = kept + h + summed
+        q = torch.empty(
+            (*(v_b.shape[b_axes.index(a)] for a in order), 2), dtype=v_b.dtype, device=v_b.device
+        )
+        torch.conj_physical(_aligned(v_b, b_axes, order), out=q[..., 0])
+        span = [1] * len(order)
+        span[len(kept)] = -1
+        torch.mul(q[..., 0], tau_b.view(span), out=q[..., 1])
+        r = torch.einsum(
+            f"{out},{order}{y}{z}->{kept}{g}{summed}{y}{z}", grad, torch.view_as_real(q)
+        )
+        r = torch.view_as_complex(r)  # (kept, g, summed, y): R_1 and R_2
+        t = torch.conj_physical(_aligned(v_a, a_axes, kept + g + summed)).unsqueeze(-1) * r
+        at = len(kept)  # the g axis
+        span = [1] * (len(states) + 1)
+        span[at] = -1
+        x1 = t[..., 0].sum(at)
+        x2 = t[..., 1].sum(at) + (t[..., 0] * tau_a.view(span)).sum(at)
+        x1, x2 = (_aligned(x, kept + summed, states) for x in (x1, x2))
+        d_rate = d_weight = None
+        if ctx.needs_input_grad[0]:
+            d_rate = x2 * _aligned(weight, w_axes, states)
+        if ctx.needs_input_grad[1]:
+            d_weight = torch.einsum(f"{states}->{w_axes}", x1.real)
+        return d_rate, d_weight, None, None, None
+
+
+def _spare_letters(used: str, count: int) -> str:
+    """``count`` axis letters that do not occur in ``used``."""
+    return "".join([c for c in "YZXWVUQRPONMLKJI" if c not in used][:count])
+
+
 def chunk_scan(rate: Tensor, states: Tensor, chunk: int) -> Tensor:
     """Carried chunk states: ``out[..., k] = sum_{p < k} a^(chunk (k - 1 - p)) states[..., p]``.
 

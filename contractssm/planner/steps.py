@@ -48,6 +48,7 @@ OPS = (
     "truncate",  # out[.., T] = in[.., G, H] merged, first `length` steps
     "recur",  # out[state] = exp(A[S]) * h0[state] + u[..] (one step of the recurrence)
     "fft_conv",  # rfft, rfft, einsum, irfft fused by the code generator (never planned)
+    "vandermonde_real",  # powers, powers, a weighting, einsum_real fused (never planned)
     "chunk_matrix",  # out[G.., U, V]: a depthwise chunk's [u | h] -> [z | h'] from a^t, w a^t
     "chunk_apply",  # out[B.., G.., V] = [u | h0][B.., G.., U] @ matrix[G.., U, V] per group
     "chunk_output",  # out[.., T] = in[.., V][:length] (a view)
