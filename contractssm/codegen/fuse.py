@@ -25,12 +25,7 @@ def fuse_fft_conv(steps: tuple[Step, ...], outputs: tuple[str, ...]) -> tuple[St
     """Replace each rfft/rfft/einsum/irfft chain whose intermediates have no other use."""
     if not ENABLED:
         return steps
-    uses: dict[str, int] = {}
-    for s in steps:
-        for i in s.inputs:
-            uses[i] = uses.get(i, 0) + 1
-    for name in outputs:
-        uses[name] = uses.get(name, 0) + 1
+    uses = _reads(steps, outputs)
     by_output = {s.output: s for s in steps}
     fused: dict[str, Step] = {}  # irfft output -> fused step
     dropped: set[str] = set()
@@ -71,12 +66,7 @@ def fuse_vandermonde(
     """
     if not ENABLED:
         return steps
-    uses: dict[str, int] = {}
-    for s in steps:
-        for i in s.inputs:
-            uses[i] = uses.get(i, 0) + 1
-    for name in outputs:
-        uses[name] = uses.get(name, 0) + 1
+    uses = _reads(steps, outputs)
     by_output = {s.output: s for s in steps}
     fused: dict[str, Step] = {}
     dropped: set[str] = set()
@@ -142,3 +132,11 @@ def _vandermonde_chain(s, by_output, uses, is_complex, axes):
             continue
         return v_a, v_b, weighting, weight
     return None
+
+
+def _reads(steps: tuple[Step, ...], outputs: tuple[str, ...]) -> dict[str, int]:
+    """How many times each tensor is read (by a step, or returned)."""
+    uses: dict[str, int] = {}
+    for name in [i for s in steps for i in s.inputs] + list(outputs):
+        uses[name] = uses.get(name, 0) + 1
+    return uses
