@@ -353,27 +353,30 @@ def _conjugated_constants(tables, readers, cplx, sizes) -> frozenset[str]:
     """
     chosen: set[str] = set()
     for c in tables:
-        if not cplx.get(c) or not readers[c]:
-            continue
-        ok = True
-        for st in readers[c]:
-            kinds = tuple(bool(cplx.get(i)) for i in st.inputs)
-            flags = tuple(i == c for i in st.inputs)
-            ok = (
-                st.op == "einsum_real"
-                and len(st.inputs) == 2
-                and all(kinds)
-                and st.inputs.count(c) == 1
-                and not chosen & set(st.inputs)
-                and not weighted_sum_form(st.op, st.equation, kinds, sizes)
-                and contraction_matmul(st.op, st.equation, st.inputs, kinds, sizes, flags)
-                is not None
-            )
-            if not ok:
-                break
-        if ok:
+        if cplx.get(c) and all(_reads_conjugated(st, c, chosen, cplx, sizes) for st in readers[c]):
             chosen.add(c)
     return frozenset(chosen)
+
+
+def _reads_conjugated(st, table: str, chosen: set[str], cplx, sizes) -> bool:
+    """Whether ``st`` can read the conjugated ``table``.
+
+    A real-part product of two complex operands, one ``table`` (the other not conjugated
+    already), with a matmul form on views of both.
+    """
+    kinds = tuple(bool(cplx.get(i)) for i in st.inputs)
+    return (
+        st.op == "einsum_real"
+        and len(st.inputs) == 2
+        and all(kinds)
+        and st.inputs.count(table) == 1
+        and not chosen & set(st.inputs)
+        and not weighted_sum_form(st.op, st.equation, kinds, sizes)
+        and contraction_matmul(
+            st.op, st.equation, st.inputs, kinds, sizes, tuple(i == table for i in st.inputs)
+        )
+        is not None
+    )
 
 
 def _constant_reads(

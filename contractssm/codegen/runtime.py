@@ -407,16 +407,21 @@ class VandermondeReal(torch.autograd.Function):
         # conj(V_b) on a new axis y, written once in the order the matmul reads them.
         y, z = _spare_letters(ctx.equation + ctx.weighting, 2)
         order = kept + h + summed
-        q = torch.empty(
-            (*(v_b.shape[b_axes.index(a)] for a in order), 2), dtype=v_b.dtype, device=v_b.device
-        )
-        torch.conj_physical(_aligned(v_b, b_axes, order), out=q[..., 0])
         span = [1] * len(order)
         span[len(kept)] = -1
-        torch.mul(q[..., 0], tau_b.view(span), out=q[..., 1])
+        conj_b, tau_b = _aligned(v_b, b_axes, order), tau_b.view(span)
+        if torch.compiler.is_compiling():  # compiled code takes no strided out=
+            conj_b = torch.conj_physical(conj_b)
+            q = torch.stack([conj_b, conj_b * tau_b], dim=-1)
+        else:
+            q = torch.empty((*conj_b.shape, 2), dtype=v_b.dtype, device=v_b.device)
+            torch.conj_physical(conj_b, out=q[..., 0])
+            torch.mul(q[..., 0], tau_b, out=q[..., 1])
         r = torch.einsum(
             f"{out},{order}{y}{z}->{kept}{g}{summed}{y}{z}", grad, torch.view_as_real(q)
         )
+        if r.stride(-1) != 1 or any(st % 2 for st in r.stride()[:-1]):
+            r = r.contiguous()  # einsum returned a view no complex view can be taken of
         r = torch.view_as_complex(r)  # (kept, g, summed, y): R_1 and R_2
         t = torch.conj_physical(_aligned(v_a, a_axes, kept + g + summed)).unsqueeze(-1) * r
         at = len(kept)  # the g axis
