@@ -13,6 +13,7 @@ one, the real part of their contraction over the states) becomes one
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 
 from contractssm.planner.steps import Step
@@ -134,9 +135,6 @@ def _vandermonde_chain(s, by_output, uses, is_complex, axes):
     return None
 
 
-def _reads(steps: tuple[Step, ...], outputs: tuple[str, ...]) -> dict[str, int]:
+def _reads(steps: tuple[Step, ...], outputs: tuple[str, ...]) -> Counter[str]:
     """How many times each tensor is read (by a step, or returned)."""
-    uses: dict[str, int] = {}
-    for name in [i for s in steps for i in s.inputs] + list(outputs):
-        uses[name] = uses.get(name, 0) + 1
-    return uses
+    return Counter([i for s in steps for i in s.inputs] + list(outputs))
