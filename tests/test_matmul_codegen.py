@@ -7,7 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contractssm.codegen import runtime as rt
+from contractssm.codegen.emit import _emit
 from contractssm.planner.matmul import contraction_matmul, matmul_expression
+from contractssm.planner.steps import Step
 
 LETTERS = "abcdeT"
 
@@ -183,3 +185,59 @@ def test_a_narrow_result_is_computed_as_the_transposed_product():
         err = (got - torch.einsum("eTJ,aeJ->aeT", x["t"], u)).abs().max().item()
         print(f"batch {a}: max error {err:.1e}")
         assert err < 1e-12
+
+
+@st.composite
+def products(draw):
+    """A two-operand product summing nothing but axes of length 1, with its sizes."""
+    left = draw(st.permutations(LETTERS).map(lambda p: "".join(p[: draw(st.integers(0, 4))])))
+    right = draw(st.permutations(LETTERS).map(lambda p: "".join(p[: draw(st.integers(0, 4))])))
+    every = sorted(set(left) | set(right))
+    ones = {a for a in every if draw(st.booleans()) and draw(st.booleans())}
+    out = "".join(draw(st.permutations([a for a in every if a not in ones])))
+    sizes = {a: 1 if a in ones else draw(st.integers(1, 4)) for a in every}
+    return f"{left},{right}->{out}", sizes
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    case=products(),
+    op=st.sampled_from(["einsum", "einsum_real"]),
+    kinds=st.sampled_from([(True, True), (True, False), (False, True), (False, False)]),
+)
+def test_inline_product_equals_einsum(case, op, kinds):
+    # A small product summing nothing is emitted as one multiply of aligned views.
+    equation, sizes = case
+    if op == "einsum_real" and not any(kinds):
+        kinds = (True, True)
+    ins, out = equation.split("->")
+    left, right = ins.split(",")
+    dtypes = [torch.complex128 if k else torch.float64 for k in kinds]
+    x = torch.randn([sizes[a] for a in left], dtype=dtypes[0])
+    y = torch.randn([sizes[a] for a in right], dtype=dtypes[1])
+    step = Step(op, "z", ("x", "y"), out, op == "einsum" and any(kinds), "state", equation)
+    line = _emit(step, {"x": left, "y": right}, sizes, {"x": kinds[0], "y": kinds[1]})
+    assert len(line) == 1 and "einsum" not in line[0], line
+    env = {"torch": torch, "rt": rt, "x": x, "y": y}
+    exec(line[0], env)
+    want = torch.einsum(equation, x.to(torch.complex128), y.to(torch.complex128))
+    want = want.real if op == "einsum_real" or not any(kinds) else want
+    err = (env["z"] - want).abs().max().item() if want.numel() else 0.0
+    print(equation, op, kinds, line[0], f"max error {err:.1e}")
+    assert env["z"].shape == want.shape, (equation, line)
+    assert err < 1e-12, (equation, line)
+
+
+def test_large_or_conjugated_products_keep_the_runtime_product():
+    # From ORDERED_PRODUCT_ELEMENTS the runtime writes the product in its output's order, and a
+    # conjugated operand is only ever read by a matmul (it would be multiplied conjugated).
+    big = {"a": 64, "b": 64, "c": 64}
+    step = Step("einsum", "z", ("x", "y"), "abc", True, "state", "ab,bc->abc")
+    kinds = {"x": True, "y": True}
+    assert _emit(step, {"x": "ab", "y": "bc"}, big, kinds) == ['z = rt.einsum("ab,bc->abc", x, y)']
+    small = {"a": 4, "b": 4, "c": 4}
+    assert _emit(step, {"x": "ab", "y": "bc"}, small, kinds) == ["z = x[:, :, None] * y"]
+    real = Step("einsum_real", "z", ("x", "y"), "abc", False, "state", "ab,bc->abc")
+    assert _emit(real, {"x": "ab", "y": "bc"}, small, kinds) == ["z = (x[:, :, None] * y).real"]
+    held = _emit(real, {"x": "ab", "y": "bc"}, small, kinds, conjugated=frozenset({"x"}))
+    assert len(held) == 1 and "torch.matmul" in held[0], held

@@ -7,6 +7,8 @@ parsing at call time. Helpers it calls live in :mod:`contractssm.codegen.runtime
 
 from __future__ import annotations
 
+import math
+
 from contractssm.codegen import runtime
 from contractssm.planner.matmul import contraction_matmul, weighted_sum_form
 from contractssm.planner.steps import Step
@@ -82,7 +84,50 @@ def _broadcast(expr: str, have: str, want: str) -> str:
     order = [have.index(ax) for ax in want if ax in have]
     if order != sorted(order):
         expr = f"{expr}.permute({', '.join(map(str, order))})"
+    if len(have) == len(want):
+        return expr
     return f"{expr}[{', '.join(':' if ax in have else 'None' for ax in want)}]"
+
+
+def _aligned_view(name: str, have: str, out: str) -> str:
+    """``name`` (axes ``have``) as a view that broadcasts against ``out``.
+
+    Axes of ``have`` missing from ``out`` (summed, of length 1) are indexed away; the rest are
+    permuted into ``out``'s order, with ``None`` for ``out``'s axes it lacks, unless they are
+    only leading ones (broadcasting aligns trailing axes).
+    """
+    kept = "".join(a for a in have if a in out)
+    expr = name
+    if kept != have:
+        expr = f"{expr}[{', '.join(':' if a in out else '0' for a in have)}]"
+    if out.endswith(kept) and list(kept) == sorted(kept, key=out.index):
+        return expr
+    return _broadcast(expr, kept, out)
+
+
+def _inline_product(step: Step, sizes) -> str | None:
+    """A small product summing nothing as one multiply of aligned views, or ``None``.
+
+    ``rt.einsum`` parses its equation and aligns the operands at every call (about 25 us,
+    measured), several times the multiply itself below
+    :data:`~contractssm.codegen.runtime.ORDERED_PRODUCT_ELEMENTS` elements, where it
+    multiplies plainly too: a stream's per-chunk decays of its state and spectral products are
+    such steps. The alignment is known here. A real part of such a product (``einsum_real``)
+    is the real view of the complex product: matmuls of the pairs along a summed axis of 2
+    ran one batched matmul per element row (``s5``'s readout of its initial state, 73 -> 11 us
+    per chunk). Larger products keep the runtime's ordered layout.
+    """
+    if step.op not in ("einsum", "einsum_real") or len(step.inputs) != 2 or sizes is None:
+        return None
+    ins, out = step.equation.split("->")
+    terms = ins.split(",")
+    letters = set(ins) - {","}
+    if not letters <= set(sizes) or any(sizes[a] != 1 for a in letters - set(out)):
+        return None
+    if math.prod(sizes[a] for a in out) >= runtime.ORDERED_PRODUCT_ELEMENTS:
+        return None
+    p, q = (_aligned_view(n, t, out) for n, t in zip(step.inputs, terms, strict=True))
+    return f"({p} * {q}).real" if step.op == "einsum_real" else f"{p} * {q}"
 
 
 def _describe(step: Step) -> str:
@@ -116,6 +161,12 @@ def _emit(
 ) -> list[str]:
     out, ins, a = step.output, step.inputs, step.attrs and dict(step.attrs)
     op = step.op
+    # Operands held conjugated or frequency-major are read by their own forms (matmuls on
+    # views, spectral products); the runtime's spectral product also sums length-1 channels.
+    held = (conjugated | frequency_major) & set(ins) or is_spectral_product(step, cplx)
+    inline = None if held else _inline_product(step, sizes)
+    if inline is not None:
+        return [f"{out} = {inline}"]
     if op in ("einsum", "einsum_real") and len(ins) == 2 and sizes:
         kinds = (bool(cplx.get(ins[0])), bool(cplx.get(ins[1])))
         if weighted_sum_form(op, step.equation, kinds, sizes):
@@ -131,6 +182,11 @@ def _emit(
             return [f"{out} = {best[1]}"]
         if any(conj):
             raise ValueError(f"{step.equation}: a conjugated operand needs a matmul form")
+    if op == "einsum" and len(ins) == 1:
+        have, want = step.equation.split("->")
+        if sorted(have) == sorted(want) and len(set(have)) == len(have):
+            # A permutation: the view torch.einsum returns, without parsing at call time.
+            return [f"{out} = {_broadcast(ins[0], have, want)}"]
     if op == "einsum":
         args = ", ".join(ins)
         return [f'{out} = rt.einsum("{step.equation}", {args})']
