@@ -70,13 +70,21 @@ def test_bmm_matches_matmul_and_its_gradients():
     assert torch.equal(rt.bmm(w, x), torch.matmul(w, x))
 
 
-def test_cexp_equals_complex_exp_with_gradients():
-    z = torch.complex(-3 * torch.rand(50, dtype=torch.float64), 40 * torch.randn(50).double())
+@pytest.mark.parametrize("n", [50, rt.CEXP_POLAR_MAX, 3 * rt.CEXP_POLAR_MAX])
+def test_cexp_equals_complex_exp_with_gradients(n):
+    # Both forms (polar below CEXP_POLAR_MAX elements, cos and sin from it), with and without
+    # gradients, on a strided view (the imaginary parts of a stream's rates are).
+    z = torch.complex(-3 * torch.rand(n, dtype=torch.float64), 40 * torch.randn(n).double())
+    z = z.reshape(-1, 2).t() if n > 50 else z
     err = (rt.cexp(z) - torch.exp(z)).abs().max().item()
-    print(f"cexp vs exp: max abs err {err:.2e}")
+    print(f"cexp vs exp at {n} elements: max abs err {err:.2e}")
     assert err < 1e-13
-    w = z[:6].clone().requires_grad_(True)
-    torch.autograd.gradcheck(rt.cexp, (w,))
+    w = z.clone().requires_grad_(True)
+    g = torch.randn_like(z)
+    (got,) = torch.autograd.grad(rt.cexp(w), w, g)
+    (want,) = torch.autograd.grad(torch.exp(w), w, g)
+    assert (got - want).abs().max().item() < 1e-12
+    torch.autograd.gradcheck(rt.cexp, (w[..., :3].detach().requires_grad_(True),))
 
 
 @pytest.mark.parametrize(

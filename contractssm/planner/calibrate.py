@@ -174,8 +174,9 @@ class _Bench:
 
         cache = self.rate(in_cache, lambda r: 4 * e * item * r, [1, 8, 64, 256], "cache")
         z = torch.complex(-2.0 - 2.0 * a.real, 50.0 * a.imag)  # decays and phases, like exp(A t)
-        # As the runtime computes it (codegen.runtime.cexp): polar(exp(Re z), Im z).
-        exp = lambda e: lambda: torch.polar(torch.exp(z[:e].real), z[:e].imag)  # noqa: E731
+        from contractssm.codegen.runtime import cexp  # as the executors compute it
+
+        exp = lambda e: lambda: cexp(z[:e])  # noqa: E731
         return 1e-9 * gbps, 1e-9 * cache, 1e-9 * self.rate(exp, float, self.batches(1), "exp")
 
     def fresh_memory_gbps(self, repeats: int = 5) -> float:
