@@ -214,6 +214,44 @@ def test_prepared_stream_reads_its_conjugated_constant_as_it_lies():
     assert run.err_y <= TOL64 and run.err_h <= TOL64
 
 
+@pytest.mark.parametrize(
+    "mode, sizes",
+    [
+        ("s4d", {"b": 2, "k": 1, "h": 32, "n": 32, "l": 64}),
+        ("dws", {"b": 2, "c": 32, "n": 32, "l": 128}),
+    ],
+)
+def test_prepared_stream_reads_its_kernel_from_its_table_of_powers(mode, sizes):
+    # The chunk's factorised kernel is Re sum_states W a^t over the table of a^t that the
+    # chunks' state products read: prepare contracts the weights against that table (s4d a
+    # complex weight, dws a real one padded with zeros) instead of building two runs.
+    graph = get_graph(mode)
+    chunk = sizes[graph.time]
+    p = forced(mode, sizes, ("fft", "vandermonde", -1))
+    source = executors(p).stream.split_source
+    prepare = source[: source.index("def _stream_apply_body")]
+    kernel_lines = [line.strip() for line in prepare.splitlines() if "# [kernel]" in line]
+    print(mode, kernel_lines)
+    assert "[kernel] powers" not in prepare and "einsum_real" in kernel_lines[0]
+    assert f"count={chunk}, offset=0, scale=1" in prepare
+    length = 3 * chunk
+    ops = random_operands(graph, {**sizes, graph.time: length}, seed=3)
+    args = canonical_args(graph, ops)
+    h0 = torch.randn(*[sizes[i] for i in graph.state_indices], 2, dtype=torch.float64)
+    y_ref, h_ref = reference_with_state(
+        graph, contractssm.plan(graph, {**sizes, graph.time: length}, dtype="float64"), ops, h0
+    )
+    t_axis = graph.signal.indices.index(graph.time)
+    run, h, ys = executors(p).stream.prepare(*args[1:]), h0, []
+    for t in range(0, length, chunk):
+        y, h = run(args[0].narrow(t_axis, t, chunk), h)
+        ys.append(y)
+    err_y = rel_err(torch.cat(ys, dim=graph.output_indices.index(graph.time)), y_ref)
+    err_h = rel_err(torch.view_as_complex(h), h_ref)
+    print(f"{mode}: output err {err_y:.2e}, state err {err_h:.2e}")
+    assert err_y <= TOL64 and err_h <= TOL64
+
+
 @pytest.mark.parametrize("in_place", [False, True], ids=["re-first", "in-place"])
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_step_output_read_in_place_or_real_part_first(mode, in_place, monkeypatch):

@@ -241,3 +241,20 @@ def test_large_or_conjugated_products_keep_the_runtime_product():
     assert _emit(real, {"x": "ab", "y": "bc"}, small, kinds) == ["z = (x[:, :, None] * y).real"]
     held = _emit(real, {"x": "ab", "y": "bc"}, small, kinds, conjugated=frozenset({"x"}))
     assert len(held) == 1 and "torch.matmul" in held[0], held
+
+
+def test_mixed_real_part_sums_against_the_padded_real_operand():
+    # Re(P) W summing the states between P's time axis and its (Re, Im) axis: no matmul keeps
+    # that axis last, so W (much the smaller) is padded to (W, 0) pairs and the axis summed.
+    sizes = {"b": 3, "T": 7, "d": 5}
+    p = torch.randn(3, 7, 5, dtype=torch.complex128)
+    w = torch.randn(3, 5, dtype=torch.float64)
+    expr = realified_expression("einsum_real", "bTd,bd->bT", ("p", "w"), (True, False), sizes)
+    print(expr)
+    assert expr is not None and "rt.real_pairs(w)" in expr
+    got = eval(expr, {"torch": torch, "rt": rt, "p": p, "w": w})
+    assert torch.allclose(got, torch.einsum("bTd,bd->bT", p.real, w), atol=1e-12)
+    # Not where the real operand is as large as the complex one (its copy would cost more).
+    same = {"b": 3, "T": 7, "d": 5}
+    expr = realified_expression("einsum_real", "bTd,bTd->bT", ("p", "w"), (True, False), same)
+    assert expr is None or "real_pairs" not in expr

@@ -33,7 +33,7 @@ import torch
 
 from contractssm.codegen import runtime
 from contractssm.codegen.emit import emit_function, is_spectral_product
-from contractssm.codegen.fuse import fuse_fft_conv, fuse_vandermonde
+from contractssm.codegen.fuse import fuse_fft_conv, fuse_vandermonde, kernel_from_table
 from contractssm.codegen.layout import choose_layouts, relabelled
 from contractssm.planner.lower import lower_kernel
 from contractssm.planner.matmul import contraction_matmul, weighted_sum_form
@@ -268,6 +268,8 @@ def _split_source(
         dataclasses.replace(st, axes=layouts[st.output]) if st.output in laid_out else st
         for st in const_steps
     )
+    const_steps = kernel_from_table(const_steps, tuple(needed), axes)
+    read_by_constants = {i for st in const_steps for i in st.inputs}
     # A hoisted spectrum read only by channel-summing products is laid out frequency-major
     # once, instead of by every chunk's product.
     readers = {c: [st for st in var_steps if c in st.inputs] for c in needed}

@@ -149,6 +149,11 @@ def stack_conj_parts(p: Tensor) -> Tensor:
     return torch.view_as_real(pairs.copy_(p.conj()))
 
 
+def real_pairs(x: Tensor) -> Tensor:
+    """``(x, 0)`` on a new last axis: ``Re(p) x`` is ``(Re p, Im p)`` against this, summed."""
+    return torch.stack((x, torch.zeros_like(x)), dim=-1)
+
+
 def _summed_ones(terms: list[str], operands: tuple[Tensor, ...], out: str) -> bool:
     """Whether some axis is summed and every summed axis has length 1."""
     summed = [
