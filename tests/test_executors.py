@@ -214,26 +214,10 @@ def test_prepared_stream_reads_its_conjugated_constant_as_it_lies():
     assert run.err_y <= TOL64 and run.err_h <= TOL64
 
 
-@pytest.mark.parametrize(
-    "mode, sizes",
-    [
-        ("s4d", {"b": 2, "k": 1, "h": 32, "n": 32, "l": 64}),
-        ("dws", {"b": 2, "c": 32, "n": 32, "l": 128}),
-    ],
-)
-def test_prepared_stream_reads_its_kernel_from_its_table_of_powers(mode, sizes):
-    # The chunk's factorised kernel is Re sum_states W a^t over the table of a^t that the
-    # chunks' state products read: prepare contracts the weights against that table (s4d a
-    # complex weight, dws a real one padded with zeros) instead of building two runs.
+def _three_prepared_chunks(mode, sizes, p):
+    """Errors of three chunks of a prepared stream of ``p`` from a random state (float64)."""
     graph = get_graph(mode)
     chunk = sizes[graph.time]
-    p = forced(mode, sizes, ("fft", "vandermonde", -1))
-    source = executors(p).stream.split_source
-    prepare = source[: source.index("def _stream_apply_body")]
-    kernel_lines = [line.strip() for line in prepare.splitlines() if "# [kernel]" in line]
-    print(mode, kernel_lines)
-    assert "[kernel] powers" not in prepare and "einsum_real" in kernel_lines[0]
-    assert f"count={chunk}, offset=0, scale=1" in prepare
     length = 3 * chunk
     ops = random_operands(graph, {**sizes, graph.time: length}, seed=3)
     args = canonical_args(graph, ops)
@@ -249,7 +233,57 @@ def test_prepared_stream_reads_its_kernel_from_its_table_of_powers(mode, sizes):
     err_y = rel_err(torch.cat(ys, dim=graph.output_indices.index(graph.time)), y_ref)
     err_h = rel_err(torch.view_as_complex(h), h_ref)
     print(f"{mode}: output err {err_y:.2e}, state err {err_h:.2e}")
+    return err_y, err_h
+
+
+@pytest.mark.parametrize(
+    "mode, sizes",
+    [
+        ("s4d", {"b": 2, "k": 1, "h": 32, "n": 32, "l": 64}),
+        ("dws", {"b": 2, "c": 32, "n": 32, "l": 128}),
+    ],
+)
+def test_prepared_stream_reads_its_kernel_from_its_table_of_powers(mode, sizes):
+    # The chunk's factorised kernel is Re sum_states W a^t over the table of a^t that the
+    # chunks' state products read: prepare contracts the weights against that table (s4d a
+    # complex weight, dws a real one padded with zeros) instead of building two runs.
+    chunk = sizes[get_graph(mode).time]
+    p = forced(mode, sizes, ("fft", "vandermonde", -1))
+    source = executors(p).stream.split_source
+    prepare = source[: source.index("def _stream_apply_body")]
+    kernel_lines = [line.strip() for line in prepare.splitlines() if "# [kernel]" in line]
+    print(mode, kernel_lines)
+    assert "[kernel] powers" not in prepare and "einsum_real" in kernel_lines[0]
+    assert f"count={chunk}, offset=0, scale=1" in prepare
+    err_y, err_h = _three_prepared_chunks(mode, sizes, p)
     assert err_y <= TOL64 and err_h <= TOL64
+
+
+@pytest.mark.parametrize(
+    "mode, sizes",
+    [
+        ("s5", {"b": 1, "c": 16, "d": 16, "s": 8, "l": 64}),  # no kernel weight
+        ("dws", {"b": 2, "c": 8, "n": 4, "l": 32}),  # a real weight on the kernel
+        ("neck", {"b": 2, "c": 4, "d": 4, "n": 2, "m": 4, "l": 32}),  # one summing states
+    ],
+)
+def test_prepared_stream_takes_its_closed_form_spectrum_from_its_table(mode, sizes, monkeypatch):
+    # A closed-form kernel spectrum (all n bins, folded to the real part's rfft bins) is the
+    # rfft of the real part of the table of a^t that the chunks' state products read,
+    # weighted where a weight sits on the kernel: no closed form is left in prepare. (At
+    # these sizes a chunk would be one fused matrix per group: that form is switched off.)
+    monkeypatch.setattr(state, "FUSED_MAX_MATRIX", 0)
+    executor_module._executors.cache_clear()
+    p = forced(mode, sizes, ("fft", "closed_form", 0))
+    source = executors(p).stream.split_source
+    prepare = source[: source.index("def _stream_apply_body")]
+    print(prepare)
+    assert "closed_form" not in prepare and "hermitian" not in prepare
+    assert "torch.fft.rfft(" in prepare
+    err_y, err_h = _three_prepared_chunks(mode, sizes, p)
+    assert err_y <= TOL64 and err_h <= TOL64
+    # Kernel mode keeps the closed form (its table is not built there).
+    assert "rt.closed_form(" in executors(p).kernel.source
 
 
 @pytest.mark.parametrize("in_place", [False, True], ids=["re-first", "in-place"])

@@ -33,7 +33,12 @@ import torch
 
 from contractssm.codegen import runtime
 from contractssm.codegen.emit import emit_function, is_spectral_product
-from contractssm.codegen.fuse import fuse_fft_conv, fuse_vandermonde, kernel_from_table
+from contractssm.codegen.fuse import (
+    fuse_fft_conv,
+    fuse_vandermonde,
+    kernel_from_table,
+    spectrum_from_table,
+)
 from contractssm.codegen.layout import choose_layouts, relabelled
 from contractssm.planner.lower import lower_kernel
 from contractssm.planner.matmul import contraction_matmul, weighted_sum_form
@@ -269,6 +274,7 @@ def _split_source(
         for st in const_steps
     )
     const_steps = kernel_from_table(const_steps, tuple(needed), axes)
+    const_steps = spectrum_from_table(const_steps, tuple(needed))
     read_by_constants = {i for st in const_steps for i in st.inputs}
     # A hoisted spectrum read only by channel-summing products is laid out frequency-major
     # once, instead of by every chunk's product.

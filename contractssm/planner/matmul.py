@@ -186,8 +186,12 @@ def _try_roles(left, right, ia, ib, batch, k_axes, m_axes, n_axes, out, sizes):
         b_perm = b_plain or _layout(b_axes, batch, n, k_b, sizes)
         if a_perm is None or b_perm is None:
             continue
-        lhs = _view(a_name, a_axes, a_perm, batch, m, k_a, sizes, transposed=a_plain is None)
-        rhs = _view(b_name, b_axes, b_perm, batch, k_b, n, sizes, transposed=b_plain is None)
+        # A batch of one matrix is a plain 2-D product: a 3-D matmul of batch 1 spends its
+        # broadcast checks, expands and reshapes on every call (a batch-1 stream chunk's
+        # projections, (1, 4, 256) @ (1, 256, 256): 20.3 -> 18.6 us).
+        view_batch = batch if math.prod(sizes[x] for x in batch) > 1 else []
+        lhs = _view(a_name, a_axes, a_perm, view_batch, m, k_a, sizes, a_plain is None)
+        rhs = _view(b_name, b_axes, b_perm, view_batch, k_b, n, sizes, b_plain is None)
         # A broadcast batch axis (size 1 in one operand only) goes through rt.bmm, which
         # expands the operand lacking it. Flattening the expanded batch is a view only when
         # that operand has none of the batch axes; with some of them it materialises
@@ -206,7 +210,7 @@ def _try_roles(left, right, ia, ib, batch, k_axes, m_axes, n_axes, out, sizes):
         product = f"{'rt.bmm' if broadcast else 'torch.matmul'}({lhs}, {rhs})"
         result_axes = batch + m + n
         shape = [sizes[a] for a in result_axes]
-        if [sizes[a] for a in batch] + [
+        if [sizes[a] for a in view_batch] + [
             math.prod(sizes[a] for a in m),
             math.prod(sizes[a] for a in n),
         ] != shape:
