@@ -70,23 +70,28 @@ MEMORY_NOTE = (
 # -- cases and operands ---------------------------------------------------------------------------
 
 
-def grid_cases(modes: Sequence[str], quick: bool = False) -> list[tuple[str, dict[str, int]]]:
-    """(mode, sizes) of the grid (or the ``--quick`` subset) for the chosen modes."""
+def grid_cases(
+    modes: Sequence[str], quick: bool = False, cells: Sequence[int] | None = None
+) -> list[tuple[str, dict[str, int]]]:
+    """(mode, sizes) of the grid (or the ``--quick`` subset) for the chosen modes.
+
+    ``cells`` keeps only those positions (0-based) of each mode's list of grid cells.
+    """
     out = []
     for mode in modes:
         if mode in CENTAURUS_MODES:
-            cells = GRID[:1] if quick else GRID
-            out += [(mode, centaurus_sizes(mode, *cell)) for cell in cells]
+            cells_of = [centaurus_sizes(mode, *cell) for cell in (GRID[:1] if quick else GRID)]
         elif mode in MODEL_MODES:
             if quick and mode != "s5_mimo":
                 continue
-            cells = MODEL_GRID[:1] if quick else MODEL_GRID
-            out += [(mode, model_sizes(mode, b, length)) for b, length in cells]
+            grid = MODEL_GRID[:1] if quick else MODEL_GRID
+            cells_of = [model_sizes(mode, b, length) for b, length in grid]
         else:
             raise SystemExit(
                 f"bench: unknown mode {mode!r} (choose from "
                 f"{', '.join(CENTAURUS_MODES + MODEL_MODES)})"
             )
+        out += [(mode, c) for k, c in enumerate(cells_of) if cells is None or k in cells]
     return out
 
 
@@ -752,6 +757,25 @@ def _write_json(path: str, info: dict, rounds: int, records: list, failures: lis
         )
 
 
+def _report(paths: Sequence[str], json_out: str | None, plot_out: str | None) -> int:
+    """Print (and optionally write and plot) the merged records of earlier result files."""
+    records, failures, info, rounds = [], [], None, None
+    for path in paths:
+        with open(path) as fh:
+            data = json.load(fh)
+        records += data["cases"]
+        failures += data.get("failures", [])
+        info, rounds = info or data.get("machine"), rounds or data.get("rounds")
+    print(markdown_table(records))
+    print(summary(records))
+    if json_out:
+        _write_json(json_out, info or machine(), rounds, records, failures)
+    if plot_out:
+        plot(records, plot_out)
+        print(f"plot written to {plot_out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print progress, the table and a summary.
 
@@ -773,6 +797,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="run every case in this process (default: one process per case)",
     )
+    parser.add_argument(
+        "--cells", nargs="+", type=int, help="only these grid cells of each mode (0-based)"
+    )
+    parser.add_argument(
+        "--candidates", type=int, help="time the best N candidates by prediction (8 / 5)"
+    )
+    parser.add_argument(
+        "--max-ratio",
+        type=float,
+        help="skip candidates predicted over R times the plan (no limit / 10)",
+    )
+    parser.add_argument("--no-autotune", action="store_true", help="do not time the autotuned plan")
+    parser.add_argument(
+        "--report",
+        nargs="+",
+        metavar="JSON",
+        help="measure nothing: print the table and summary of these result files (merged)",
+    )
     args = parser.parse_args(argv)
     if args.plot:
         try:
@@ -782,9 +824,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "bench: --plot needs matplotlib: pip install 'contractssm[plot]'", file=sys.stderr
             )
             return 2
+    if args.report:
+        return _report(args.report, args.json, args.plot)
     rounds = args.rounds or (5 if args.quick else 7)
     memory = not (args.quick or args.no_memory)
-    cases = grid_cases(args.modes, quick=args.quick)
+    cases = grid_cases(args.modes, quick=args.quick, cells=args.cells)
     info = machine()
     print(
         f"bench: {len(cases)} cases, {rounds} interleaved rounds, float32, "
@@ -799,10 +843,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{k}/{len(cases)}] {mode} {_sizes_text(sizes)}", flush=True)
         options = {
             "rounds": rounds,
-            "autotune": not args.quick,
+            "autotune": not (args.quick or args.no_autotune),
             "memory": memory,
-            "max_candidates": 5 if args.quick else 8,
-            "max_ratio": 10.0 if args.quick else math.inf,
+            "max_candidates": args.candidates or (5 if args.quick else 8),
+            "max_ratio": args.max_ratio or (10.0 if args.quick else math.inf),
             "slow_s": 2.0 if args.quick else SLOW_S,
         }
         try:

@@ -115,7 +115,7 @@ def test_a_contender_with_wrong_or_nan_output_fails_the_case():
             bench.time_interleaved({**right, "wrong": wrong}, ops, rounds=1, log=lambda s: None)
 
 
-def test_main_writes_json(tmp_path, monkeypatch):
+def test_main_writes_json(tmp_path, monkeypatch, capsys):
     tiny = [("dws", {"b": 2, "c": 8, "n": 4, "l": 64})]
     monkeypatch.setattr(bench, "grid_cases", lambda modes, quick=False: tiny)
     out = tmp_path / "b.json"
@@ -125,6 +125,21 @@ def test_main_writes_json(tmp_path, monkeypatch):
     assert rec["mode"] == "dws" and rec["sizes"] == tiny[0][1]
     assert rec["regret"] >= 1 - 1e-9
     assert data["machine"]["nproc"] >= 1
+    # --report measures nothing: it merges result files into one table, summary and record.
+    merged = tmp_path / "merged.json"
+    assert bench.main(["--report", str(out), str(out), "--json", str(merged)]) == 0
+    assert "| dws |" in capsys.readouterr().out
+    assert [r["mode"] for r in json.loads(merged.read_text())["cases"]] == ["dws", "dws"]
+
+
+def test_cells_pick_grid_positions():
+    cases = bench.grid_cases(["full", "s4d"], cells=[0, 2])
+    assert [c for _, c in cases] == [
+        bench.centaurus_sizes("full", *bench.GRID[0]),
+        bench.centaurus_sizes("full", *bench.GRID[2]),
+        bench.model_sizes("s4d", *bench.MODEL_GRID[0]),
+        bench.model_sizes("s4d", *bench.MODEL_GRID[2]),
+    ]
 
 
 def test_skip_too_large():

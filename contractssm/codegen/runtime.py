@@ -590,8 +590,12 @@ def chunk_matrix(weighted: Tensor, powers: Tensor, n_groups: int) -> Tensor:
     out = kernel.new_empty((*groups, steps + 2 * states, steps + 2 * states))
     # u[j] -> z[t]: the Toeplitz transposed, k[t - j] for t >= j: the windows of the kernel
     # left-padded with zeros, rows reversed (windows[n - 1 - j, t] = k[t - j]).
-    padded = torch.nn.functional.pad(kernel, (steps - 1, 0))
-    out[..., :steps, :steps] = padded.unfold(-1, steps, 1).flip(-2)
+    windows = torch.nn.functional.pad(kernel, (steps - 1, 0)).unfold(-1, steps, 1)
+    if torch.compiler.is_compiling() or kernel.requires_grad:  # no strided out= there
+        out[..., :steps, :steps] = windows.flip(-2)
+    else:  # gathered straight into the block: no flipped copy (1 MiB fresh at 4 x 256 x 256)
+        reverse = torch.arange(steps - 1, -1, -1, device=kernel.device)
+        torch.index_select(windows, -2, reverse, out=out[..., :steps, :steps])
     # u[j] -> h'[s]: (Re, Im) of the fade a^(T-1-j)
     out[..., :steps, steps:] = torch.view_as_real(fade.transpose(-1, -2)).flatten(-2)
     # (Re h, Im h)[s] -> z[t]: Re(g h) = Re g Re h - Im g Im h
@@ -614,12 +618,13 @@ def chunk_apply(u: Tensor, h0: Tensor, matrix: Tensor) -> Tensor:
     :func:`chunk_matrix`. The batch is the rows of each group's matmul (a row vector at batch
     1, the fast orientation on CPU); the result is returned as a (transposed) view.
     """
-    groups = matrix.shape[:-2]
-    width = matrix.shape[-1]
+    count, width = math.prod(matrix.shape[:-2]), matrix.shape[-1]
     joined = torch.cat([u, torch.view_as_real(h0).reshape(*u.shape[:-1], -1)], -1)
-    rows = joined.reshape(-1, math.prod(groups), width).transpose(0, 1)
-    out = torch.matmul(rows, matrix.reshape(-1, width, width))
-    return out.transpose(0, 1).reshape(joined.shape)
+    matrices = matrix if matrix.dim() == 3 else matrix.reshape(count, width, width)
+    if joined.numel() == count * width:  # batch 1: (G, 1, W) is the same memory, no transposes
+        return torch.matmul(joined.reshape(count, 1, width), matrices).reshape(joined.shape)
+    rows = joined.reshape(-1, count, width).transpose(0, 1)
+    return torch.matmul(rows, matrices).transpose(0, 1).reshape(joined.shape)
 
 
 def chunk_state(joined: Tensor, steps: int, shape: tuple[int, ...]) -> Tensor:
