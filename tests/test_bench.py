@@ -117,7 +117,7 @@ def test_a_contender_with_wrong_or_nan_output_fails_the_case():
 
 def test_main_writes_json(tmp_path, monkeypatch, capsys):
     tiny = [("dws", {"b": 2, "c": 8, "n": 4, "l": 64})]
-    monkeypatch.setattr(bench, "grid_cases", lambda modes, quick=False: tiny)
+    monkeypatch.setattr(bench, "grid_cases", lambda modes, quick=False, cells=None: tiny)
     out = tmp_path / "b.json"
     assert bench.main(["--quick", "--rounds", "1", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
