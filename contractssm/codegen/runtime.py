@@ -616,7 +616,8 @@ def chunk_apply(u: Tensor, h0: Tensor, matrix: Tensor) -> Tensor:
 
     ``u`` (B.., G.., T) real, ``h0`` (B.., G.., S..) complex, ``matrix`` from
     :func:`chunk_matrix`. The batch is the rows of each group's matmul (a row vector at batch
-    1, the fast orientation on CPU); the result is returned as a (transposed) view.
+    1, the fast orientation on CPU); the result is returned as a (transposed) view. At batch 1
+    the rows are read as they lie, (G, 1, W): two transposes and their dispatch less per chunk.
     """
     count, width = math.prod(matrix.shape[:-2]), matrix.shape[-1]
     joined = torch.cat([u, torch.view_as_real(h0).reshape(*u.shape[:-1], -1)], -1)
