@@ -144,6 +144,15 @@ def _reads(steps: tuple[Step, ...], outputs: tuple[str, ...]) -> Counter[str]:
     return Counter([i for s in steps for i in s.inputs] + list(outputs))
 
 
+def _tables_of_powers(steps: tuple[Step, ...]) -> dict[tuple[str, int], Step]:
+    """The ``powers(rate, count, 1, 0)`` steps (``a^t``, ``t < count``) by (rate, count)."""
+    return {
+        (s.inputs[0], s.attr("count")): s
+        for s in steps
+        if s.op == "powers" and s.attr("scale") == 1 and s.attr("offset") == 0
+    }
+
+
 def kernel_from_table(
     steps: tuple[Step, ...], outputs: tuple[str, ...], axes: dict[str, str]
 ) -> tuple[Step, ...]:
@@ -162,11 +171,7 @@ def kernel_from_table(
         return steps
     uses = _reads(steps, outputs)
     by_output = {s.output: s for s in steps}
-    tables = {
-        (s.inputs[0], s.attr("count")): s
-        for s in steps
-        if s.op == "powers" and s.attr("scale") == 1 and s.attr("offset") == 0
-    }
+    tables = _tables_of_powers(steps)
     replaced: dict[str, Step] = {}
     dropped: set[str] = set()
     for s in steps:
@@ -208,11 +213,7 @@ def spectrum_from_table(steps: tuple[Step, ...], outputs: tuple[str, ...]) -> tu
         return steps
     uses = _reads(steps, outputs)
     by_output = {s.output: s for s in steps}
-    tables = {
-        (s.inputs[0], s.attr("count")): s
-        for s in steps
-        if s.op == "powers" and s.attr("scale") == 1 and s.attr("offset") == 0
-    }
+    tables = _tables_of_powers(steps)
     replaced: dict[str, tuple[Step, ...]] = {}
     dropped: set[str] = set()
     for s in steps:
