@@ -275,15 +275,17 @@ def test_prepared_stream_takes_its_closed_form_spectrum_from_its_table(mode, siz
     monkeypatch.setattr(state, "FUSED_MAX_MATRIX", 0)
     executor_module._executors.cache_clear()
     p = forced(mode, sizes, ("fft", "closed_form", 0))
-    source = executors(p).stream.split_source
+    ex = executors(p)
+    err_y, err_h = _three_prepared_chunks(mode, sizes, p)
+    executor_module._executors.cache_clear()  # no unfused streams left for later tests
+    source = ex.stream.split_source
     prepare = source[: source.index("def _stream_apply_body")]
     print(prepare)
     assert "closed_form" not in prepare and "hermitian" not in prepare
     assert "torch.fft.rfft(" in prepare
-    err_y, err_h = _three_prepared_chunks(mode, sizes, p)
     assert err_y <= TOL64 and err_h <= TOL64
     # Kernel mode keeps the closed form (its table is not built there).
-    assert "rt.closed_form(" in executors(p).kernel.source
+    assert "rt.closed_form(" in ex.kernel.source
 
 
 @pytest.mark.parametrize("in_place", [False, True], ids=["re-first", "in-place"])
