@@ -224,12 +224,10 @@ def spectrum_from_table(steps: tuple[Step, ...], outputs: tuple[str, ...]) -> tu
         table = tables.get((form.inputs[0], form.attr("length")))
         if table is None:
             continue
-        bins = form.axes[-1]
-        time = next((a for a in table.axes if a not in form.axes), None)
-        if time is None:
-            continue
-        if sorted(table.axes.replace(time, bins)) != sorted(form.axes):
-            continue
+        bins, extra = form.axes[-1], set(table.axes) - set(form.axes)
+        if len(extra) != 1 or set(form.axes) - set(table.axes) != {bins}:
+            continue  # not the same states, time in place of the bins
+        (time,) = extra
         if weighting is None:
             if table.axes != form.axes.replace(bins, time):  # rfft reads time last
                 continue
@@ -271,12 +269,11 @@ def _closed_form_chain(s, by_output, uses):
         return inner, None
     if inner.op != "einsum" or len(inner.inputs) != 2:
         return None
-    forms = [by_output.get(i) for i in inner.inputs]
-    form = next((f for f in forms if f is not None and f.op == "closed_form"), None)
-    others = [i for i in inner.inputs if form is None or i != form.output]
-    if form is None or uses[form.output] != 1 or len(others) != 1 or others[0] in by_output:
-        return None
-    return form, inner
+    for j in (0, 1):
+        form, weight = by_output.get(inner.inputs[j]), inner.inputs[1 - j]
+        if form is not None and form.op == "closed_form" and uses[form.output] == 1:
+            return (form, inner) if weight not in by_output else None
+    return None
 
 
 def _table_kernel_chain(s, by_output, uses, tables, axes):
