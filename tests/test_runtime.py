@@ -339,6 +339,113 @@ def test_scratch_reuses_one_buffer_per_slot_and_stays_in_bounds(monkeypatch):
     assert not memory._pool()
 
 
+@pytest.mark.parametrize(
+    "rows, cols, block",
+    [
+        (1024, 2049, 256),  # a full (32, 32, 2048) spectrum: 4 MiB blocks (8 MiB is over)
+        (4096, 257, 512),  # at most TRANSPOSE_BLOCK rows
+        (256, 4097, 128),  # at most half the rows
+        (1025, 512, None),  # rows 4 KiB apart: one plain copy
+        (257, 256, None),  # 2 KiB apart
+        (2049, 1024, 512),  # 8 KiB apart but 16 MiB: blocks
+        (40, 100, None),  # too few rows for blocks worth a dispatch
+    ],
+)
+def test_transpose_block_follows_the_measured_rule(rows, cols, block):
+    assert rt._transpose_block(rows, cols, 8) == block
+
+
+@pytest.mark.parametrize("shape", [(70, 33), (33, 128), (9, 5)])
+@pytest.mark.parametrize("slot, keep", [(None, False), ("t.tr", False), ("t.tr", True)])
+@pytest.mark.parametrize("conj", [False, True])
+def test_transposed_equals_the_transpose(monkeypatch, shape, slot, keep, conj):
+    # Blocks of 16 rows (and a partial last one), one copy for 128 complex128 columns (2 KiB
+    # apart), and a matrix too small for blocks; into fresh, scratch or kept memory.
+    from contractssm.codegen import memory
+
+    monkeypatch.setattr(rt, "TRANSPOSE_BLOCK", 16)
+    gen = torch.Generator().manual_seed(sum(shape))
+    m = torch.randn(shape, dtype=torch.complex128, generator=gen)
+    original = m.clone()
+    want = m.t().conj() if conj else m.t()
+    got = rt._transposed(m, slot, conj, keep)
+    assert got.is_contiguous() and got.shape == want.shape
+    assert torch.equal(got, want.resolve_conj())
+    assert torch.equal(m, original)  # the input is left as it was
+    memory.release_scratch()
+
+
+def test_kept_buffers_are_reused_only_once_nothing_holds_them(monkeypatch):
+    from contractssm.codegen import memory
+
+    memory.release_scratch()
+    a = memory.kept("t.k", (4, 8), torch.float32, "cpu")
+    first = a.data_ptr()
+    b = memory.kept("t.k", (4, 8), torch.float32, "cpu")  # a still held: another buffer
+    assert b.data_ptr() != first
+    view = a[1:].t()  # a view alone keeps the storage held
+    del a
+    assert memory.kept("t.k", (2, 3), torch.float32, "cpu").data_ptr() not in (first, b.data_ptr())
+    del view
+    c = memory.kept("t.k", (2, 3), torch.float32, "cpu")  # smaller, now free: the same memory
+    assert c.data_ptr() == first and c.shape == (2, 3) and c.is_contiguous()
+    del b, c
+    # A free buffer too small for a request is replaced, not kept beside the new one.
+    count = len(memory._kept_pool()[("t.k", torch.float32)])
+    big = memory.kept("t.k", (16, 16), torch.float32, "cpu")
+    assert big.shape == (16, 16) and len(memory._kept_pool()[("t.k", torch.float32)]) == count
+    del big
+    # Past the bound, while compiling, or without a way to count a storage's users: fresh.
+    monkeypatch.setattr(memory, "KEPT_MAX_BYTES", 0)
+    memory.kept("t.other", (4,), torch.float32, "cpu")
+    assert ("t.other", torch.float32) not in memory._kept_pool() or not memory._kept_pool()[
+        ("t.other", torch.float32)
+    ]
+    monkeypatch.undo()
+    monkeypatch.setattr(memory, "_storage_users", None)
+    before = {k: list(v) for k, v in memory._kept_pool().items()}
+    memory.kept("t.k", (4,), torch.float32, "cpu")
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    memory.kept("t.k", (4,), torch.float32, "cpu")
+    monkeypatch.undo()
+    assert {k: [t.data_ptr() for t in v] for k, v in memory._kept_pool().items()} == {
+        k: [t.data_ptr() for t in v] for k, v in before.items()
+    }
+    # First asked for under inference mode, the buffer is a normal tensor.
+    memory.release_scratch()
+    with torch.inference_mode():
+        memory.kept("t.c", (5,), torch.float32, "cpu")
+    memory.kept("t.c", (5,), torch.float32, "cpu").fill_(1.0)
+    memory.release_scratch()
+    assert not memory._kept_pool()
+
+
+def test_fft_conv_keeps_its_saved_spectra_until_the_backward(monkeypatch):
+    # full's channel-summing convolution saves both frequency-major spectra in kept buffers:
+    # held from the forward through the backward, free after it (or when the graph is dropped).
+    from contractssm.codegen import memory
+
+    memory.release_scratch()
+    monkeypatch.setattr(rt, "TRANSPOSE_BLOCK", 4)
+    kernel = torch.randn(3, 4, 16, dtype=torch.float64, requires_grad=True)
+    signal = torch.randn(5, 4, 16, dtype=torch.float64, requires_grad=True)
+
+    def held():
+        bufs = memory._kept_pool().get(("fft_conv.spectrum", torch.complex128), [])
+        return len(bufs), sum(memory._storage_users(b) > 1 for b in bufs)
+
+    y = rt.fft_conv(kernel, signal, "bdF,adF->abF", 32, 16)
+    assert held() == (2, 2)
+    y.sum().backward()
+    assert held() == (2, 0)
+    y = rt.fft_conv(kernel, signal, "bdF,adF->abF", 32, 16)
+    assert held() == (2, 2)
+    del y
+    assert held() == (2, 0)
+    memory.release_scratch()
+
+
 def test_compiled_fft_conv_backward_equals_eager(monkeypatch):
     # Blocked transposes (scratch memory in eager) traced by torch.compile with the backward.
     monkeypatch.setattr(rt, "TRANSPOSE_BLOCK", 4)

@@ -714,14 +714,18 @@ def _frequency_first(equation: str) -> str:
     return f"{','.join(moved[:-1])}->{moved[-1]}"
 
 
-def _laid_out(spectrum: Tensor, major: bool, slot: str | None = None, conj: bool = False) -> Tensor:
+def _laid_out(
+    spectrum: Tensor, major: bool, slot: str | None = None, conj: bool = False, keep: bool = False
+) -> Tensor:
     """``spectrum`` as :func:`_product` reads it: frequency-major (copied) or as it is.
 
-    With a ``slot``, the copy is :func:`~contractssm.codegen.memory.scratch` memory. With
-    ``conj``, conjugated: by the copy itself, or in place (``spectrum`` is then overwritten).
+    With a ``slot``, the copy is :func:`~contractssm.codegen.memory.scratch` memory, or with
+    ``keep`` :func:`~contractssm.codegen.memory.kept` memory (for a copy saved for the
+    backward). With ``conj``, conjugated: by the copy itself, or in place (``spectrum`` is
+    then overwritten).
     """
     if major:
-        return _frequency_major(spectrum, slot, conj)
+        return _frequency_major(spectrum, slot, conj, keep)
     return spectrum.conj_physical_() if conj else spectrum
 
 
@@ -790,44 +794,81 @@ def _matmul_into(equation: str, p: Tensor, q: Tensor, slot: str) -> Tensor | Non
     return None
 
 
-def _frequency_major(t: Tensor, slot: str | None = None, conj: bool = False) -> Tensor:
+def _frequency_major(
+    t: Tensor, slot: str | None = None, conj: bool = False, keep: bool = False
+) -> Tensor:
     """``t`` with its last (frequency) axis moved first, copied (one 2-D transpose)."""
-    m = _transposed(t.reshape(-1, t.shape[-1]), slot, conj)
+    m = _transposed(t.reshape(-1, t.shape[-1]), slot, conj, keep)
     return m.reshape(t.shape[-1], *t.shape[:-1])
 
 
-#: Rows per block of :func:`_transposed`: a block of 128 rows of a spectrum (~1-2 MiB) stays in
-#: cache while its columns are written out as 128-element runs.
-TRANSPOSE_BLOCK = 128
+#: The most rows of one block of :func:`_transposed`, and the most bytes of input it reads.
+TRANSPOSE_BLOCK = 512
+TRANSPOSE_BLOCK_BYTES = 6 * 2**20
+#: An input of at most ``TRANSPOSE_PLAIN_BYTES`` whose row stride is a multiple of
+#: ``TRANSPOSE_ALIASING_BYTES`` (rows falling into the same cache sets) is copied at once.
+TRANSPOSE_ALIASING_BYTES = 2048
+TRANSPOSE_PLAIN_BYTES = 8 * 2**20
 
 
-def _transposed(m: Tensor, slot: str | None = None, conj: bool = False) -> Tensor:
+def _transpose_block(rows: int, cols: int, itemsize: int) -> int | None:
+    """Rows per block for :func:`_transposed` of a ``(rows, cols)`` matrix, ``None``: one copy.
+
+    A block's columns are read down its rows. Where the rows lie a multiple of 2 KiB apart
+    those reads fall into a few cache sets and a plain copy of an input of up to 8 MiB is
+    faster: complex64 (257, 1024) 0.46 -> 0.24 ms, (1025, 512) 0.98 -> 0.47 ms, (4097, 256)
+    2.9 -> 1.0 ms against blocks of 128 rows. A larger one is not: ``full`` (32, 32, 2048)
+    transposes its (2049, 1024) products back from memory the ``bmm`` just wrote, 3.7-4.4 ms
+    in blocks against 4.7 ms at once. Otherwise the largest power-of-two block of at
+    most :data:`TRANSPOSE_BLOCK` rows and :data:`TRANSPOSE_BLOCK_BYTES`, and at most half
+    the rows, was fastest: (1024, 2049) 1.18 -> 0.97 ms (256 rows), (4096, 257) 0.88 ->
+    0.39 ms (512), (1024, 257) 0.19 -> 0.09 ms (512), (4096, 1025) 3.37 -> 2.50 ms (512).
+    """
+    aliasing = (cols * itemsize) % TRANSPOSE_ALIASING_BYTES == 0
+    if aliasing and rows * cols * itemsize <= TRANSPOSE_PLAIN_BYTES:
+        return None
+    limit = min(TRANSPOSE_BLOCK, rows // 2, TRANSPOSE_BLOCK_BYTES // (cols * itemsize))
+    # Blocks of a few rows cost a dispatched copy each for nothing: small inputs are copied.
+    return None if limit < min(32, TRANSPOSE_BLOCK) else 1 << (limit.bit_length() - 1)
+
+
+def _transposed(
+    m: Tensor, slot: str | None = None, conj: bool = False, keep: bool = False
+) -> Tensor:
     """The contiguous transpose of the 2-D ``m``, copied a block of rows at a time.
 
     ``m.t().contiguous()`` walks the whole input once per output row; blocks of rows keep
-    the reads in cache. Measured on a 2-core EPYC, complex64: (1024, 2049) 1.95 -> 1.28 ms,
-    (512, 4097) 1.99 -> 0.98 ms, (16384, 1025) 74 -> 52 ms; FFTConv of ``full`` (32, 32, 2048)
-    forward+backward with the transposes back 67 -> 48 ms (21 interleaved rounds). With a
-    ``slot`` (never under autograd) the transpose is written into scratch memory. With
-    ``conj``, each block is conjugated as it is copied (the same time as a plain copy).
+    the reads in cache (:func:`_transpose_block` says how many rows, or one plain copy).
+    Measured on a 2-core EPYC, complex64: (1024, 2049) 1.95 -> 1.28 ms, (512, 4097) 1.99 ->
+    0.98 ms, (16384, 1025) 74 -> 52 ms; FFTConv of ``full`` (32, 32, 2048) forward+backward
+    with the transposes back 67 -> 48 ms (21 interleaved rounds). With a ``slot`` (never
+    under autograd) the transpose is written into scratch memory, or with ``keep`` into
+    :func:`~contractssm.codegen.memory.kept` memory. With ``conj``, each block is conjugated
+    as it is copied (the same time as a plain copy).
     """
     rows, cols = m.shape
-    if rows <= TRANSPOSE_BLOCK or m.requires_grad:
+    block = _transpose_block(rows, cols, m.element_size())
+    if m.requires_grad or (block is None and slot is None):
         out = m.t().contiguous()
         return torch.conj_physical(out) if conj else out
     if slot is None:
         out = torch.empty(cols, rows, dtype=m.dtype, device=m.device)
+    elif keep:
+        out = memory.kept(slot, (cols, rows), m.dtype, m.device)
     else:
         out = memory.scratch(slot, (cols, rows), m.dtype, m.device)
-    # Compiled code takes no strided out=: there the conjugate is a pass of its own.
-    fused = conj and not torch.compiler.is_compiling()
-    for start in range(0, rows, TRANSPOSE_BLOCK):
-        block = m[start : start + TRANSPOSE_BLOCK].t()
-        dest = out[:, start : start + TRANSPOSE_BLOCK]
+    block = block or rows
+    # Compiled code takes no strided out=: there the conjugate is a pass of its own, as it is
+    # after one plain copy (a whole-matrix conjugating copy measured 1.5x a copy and an
+    # in-place conjugate: (2049, 1024) 6.5 against 4.2 ms).
+    fused = conj and block < rows and not torch.compiler.is_compiling()
+    for start in range(0, rows, block):
+        source = m[start : start + block].t()
+        dest = out[:, start : start + block]
         if fused:
-            torch.conj_physical(block, out=dest)
+            torch.conj_physical(source, out=dest)
         else:
-            dest.copy_(block)
+            dest.copy_(source)
     return out.conj_physical_() if conj and not fused else out
 
 
@@ -843,7 +884,9 @@ class FFTConv(torch.autograd.Function):
     (13-22% of an elementwise ``dws`` convolution's forward+backward, measured at (8, 64,
     1024) to (8, 64, 4096)) and, for a product that contracts channels (``full``, ``s5``,
     run frequency-major, see :func:`spectral_product`), two transposes as well. The memory
-    model counts the spectra as saved.
+    model counts the spectra as saved. Frequency-major copies are written into
+    :func:`~contractssm.codegen.memory.kept` buffers, reused once the backward (or the
+    dropped graph) frees them: fresh, they page-faulted on most calls.
     """
 
     @staticmethod
@@ -852,8 +895,8 @@ class FFTConv(torch.autograd.Function):
         ctx.equation, ctx.n = equation, n
         ctx.major = sums_channels(equation)
         ctx.lengths = (kernel.shape[-1], signal.shape[-1])
-        fk = _laid_out(_padded_rfft(kernel, n), ctx.major)
-        fu = _laid_out(_padded_rfft(signal, n), ctx.major)
+        fk = _laid_out(_padded_rfft(kernel, n), ctx.major, "fft_conv.spectrum", keep=True)
+        fu = _laid_out(_padded_rfft(signal, n), ctx.major, "fft_conv.spectrum", keep=True)
         ctx.save_for_backward(fk, fu)
         spectrum = _product(equation, fk, fu, ctx.major, slot="fft_conv.product")
         return torch.fft.irfft(spectrum, n=n)[..., :length]
