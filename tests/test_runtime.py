@@ -213,6 +213,56 @@ def _check_fft_conv(kernel, signal, equation, n, length):
     )
 
 
+@pytest.mark.parametrize(
+    "equation, kernel_shape, signal_shape",
+    [
+        ("bdF,adF->abF", (3, 4, 16), (5, 4, 16)),  # full's mix
+        ("pbdeF,adeF->apbF", (2, 3, 2, 2, 16), (5, 2, 2, 16)),  # groups of several axes
+        ("bdF,adF->abF", (3, 4, 9), (5, 4, 16)),  # kernel shorter than the signal
+    ],
+)
+@pytest.mark.parametrize("needs", [(True, True), (False, True), (True, False)])
+def test_fft_conv_padded_channel_mix_matches_the_definition(
+    monkeypatch, equation, kernel_shape, signal_shape, needs
+):
+    # Every product "aliases" and is "large": the padded path runs (products with a zero
+    # row, the gradient's spectrum with a zero row and column), blocks of 4 rows.
+    monkeypatch.setattr(rt, "TRANSPOSE_ALIASING_BYTES", 16)
+    monkeypatch.setattr(rt, "TRANSPOSE_PLAIN_BYTES", 0)
+    monkeypatch.setattr(rt, "TRANSPOSE_BLOCK", 4)
+    taken = []
+    mix_forward = rt._mix_forward
+    monkeypatch.setattr(rt, "_mix_forward", lambda *a: taken.append(1) or mix_forward(*a))
+    gen = torch.Generator().manual_seed(len(equation))
+    kernel = torch.randn(kernel_shape, dtype=torch.float64, generator=gen)
+    signal = torch.randn(signal_shape, dtype=torch.float64, generator=gen)
+    _check_fft_conv(
+        kernel.requires_grad_(needs[0]), signal.requires_grad_(needs[1]), equation, 32, 16
+    )
+    assert taken
+
+
+@pytest.mark.parametrize(
+    "equation", ["bdF,adF->baF", "bdF,adF->abdF", "dF,adF->aF", "bdF,dF->bF", "bdF,daF->abF"]
+)
+def test_padded_channel_mix_only_for_its_layout(monkeypatch, equation):
+    monkeypatch.setattr(rt, "TRANSPOSE_ALIASING_BYTES", 8)
+    monkeypatch.setattr(rt, "TRANSPOSE_PLAIN_BYTES", 0)
+    ins = equation.split("->")[0].split(",")
+    k, u = (torch.zeros([3] * (len(t) - 1) + [8]) for t in ins)
+    assert rt._padded_mix(equation, k, u, 16) is None
+    assert rt._padded_mix("bdF,adF->abF", torch.zeros(3, 3, 8), torch.zeros(3, 3, 8), 16)
+
+
+def test_dense_gradient_leaves_an_fft_conv_output_to_its_backward():
+    k = torch.randn(3, 4, 16, requires_grad=True)
+    u = torch.randn(2, 4, 16, requires_grad=True)
+    y = rt.dense_gradient(rt.fft_conv(k, u, "bdF,adF->abF", 32, 16))
+    assert not y._backward_hooks  # FFTConv copies the gradient into its padded input
+    z = rt.dense_gradient(k * 2)
+    assert z._backward_hooks
+
+
 @pytest.mark.parametrize("conj", [False, True])
 @pytest.mark.parametrize("shape", [(1, 5), (127, 3), (128, 9), (129, 4), (300, 257), (513, 7)])
 def test_blocked_transpose_equals_the_plain_transpose(shape, conj):
@@ -231,13 +281,18 @@ def test_fft_conv_with_blocked_transposes_matches_the_definition(monkeypatch):
     _check_fft_conv(kernel, signal, "bdF,adF->abF", 32, 16)
 
 
-def test_fft_conv_scratch_is_never_read_after_reuse(monkeypatch):
+@pytest.mark.parametrize("padded", [False, True])
+def test_fft_conv_scratch_is_never_read_after_reuse(monkeypatch, padded):
     # Two convolutions of different sizes share the scratch slots: both forwards run before
     # either backward, the second backward after the first has overwritten every slot. Each
-    # must still equal its own definition (values and float64 gradients).
+    # must still equal its own definition (values and float64 gradients). ``padded``: the
+    # channel mixes take the padded path (_padded_mix).
     from contractssm.codegen import memory
 
     monkeypatch.setattr(rt, "TRANSPOSE_BLOCK", 4)
+    if padded:
+        monkeypatch.setattr(rt, "TRANSPOSE_ALIASING_BYTES", 16)
+        monkeypatch.setattr(rt, "TRANSPOSE_PLAIN_BYTES", 0)
     memory.release_scratch()
     gen = torch.Generator().manual_seed(3)
     # Channel-summing (frequency-major) and elementwise products, interleaved.
