@@ -440,7 +440,7 @@ def test_kept_buffers_are_reused_only_once_nothing_holds_them(monkeypatch):
     assert b.data_ptr() != first
     view = a[1:].t()  # a view alone keeps the storage held
     del a
-    assert memory.kept("t.k", (2, 3), torch.float32, "cpu").data_ptr() not in (first, b.data_ptr())
+    assert memory.kept("t.k", (4, 8), torch.float32, "cpu").data_ptr() not in (first, b.data_ptr())
     del view
     c = memory.kept("t.k", (2, 3), torch.float32, "cpu")  # smaller, now free: the same memory
     assert c.data_ptr() == first and c.shape == (2, 3) and c.is_contiguous()
@@ -467,6 +467,13 @@ def test_kept_buffers_are_reused_only_once_nothing_holds_them(monkeypatch):
     assert {k: [t.data_ptr() for t in v] for k, v in memory._kept_pool().items()} == {
         k: [t.data_ptr() for t in v] for k, v in before.items()
     }
+    # The smallest free buffer that fits is handed out.
+    memory.release_scratch()
+    small, large = (memory.kept("t.f", (n,), torch.float32, "cpu") for n in (8, 64))
+    small_ptr, large_ptr = small.data_ptr(), large.data_ptr()
+    del large, small
+    assert memory.kept("t.f", (4,), torch.float32, "cpu").data_ptr() == small_ptr
+    assert memory.kept("t.f", (60,), torch.float32, "cpu").data_ptr() == large_ptr
     # First asked for under inference mode, the buffer is a normal tensor.
     memory.release_scratch()
     with torch.inference_mode():

@@ -76,6 +76,8 @@ MADV_HUGEPAGE = 14
 
 #: The most bytes of :func:`kept` buffers one thread holds; past it saved values are fresh.
 KEPT_MAX_BYTES = 4 * SCRATCH_MAX_BYTES
+#: :func:`empty` keeps buffers from this size (glibc's initial mmap threshold, 128 KiB).
+KEPT_MIN_BYTES = 128 * 2**10
 
 _pools = threading.local()
 
@@ -86,8 +88,11 @@ def empty(shape, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor
     Where none is kept (above :data:`SCRATCH_MAX_BYTES`, say), a fresh tensor, advised as
     huge-page memory when large and on a Linux CPU.
     """
+    nbytes = math.prod(shape) * dtype.itemsize
+    # Below glibc's initial mmap threshold an allocation comes from the heap, fault-free.
+    if nbytes < KEPT_MIN_BYTES:
+        return torch.empty(shape, dtype=dtype, device=device)
     out = kept("empty", shape, dtype, device)
-    nbytes = out.numel() * out.element_size()
     if out.device.type == "cpu" and nbytes >= FRESH_MEMORY_BYTES:
         advise_huge_pages(out)
     return out
@@ -172,8 +177,9 @@ def kept(slot: str, shape, dtype: torch.dtype, device: torch.device | str) -> to
     buffers = _kept_pool().setdefault((slot, dtype), [])
     free = [i for i, buf in enumerate(buffers) if _storage_users(buf) == 1]
     fits = [i for i in free if buffers[i].numel() >= numel]
-    if fits:
-        return buffers[fits[0]][:numel].view(shape)
+    if fits:  # the smallest that fits, leaving larger ones to larger requests
+        best = min(fits, key=lambda i: buffers[i].numel())
+        return buffers[best][:numel].view(shape)
     if free:  # a free buffer too small for this request: replaced by one that fits
         del buffers[free[0]]
     held = sum(buf.numel() * buf.element_size() for bufs in _kept_pool().values() for buf in bufs)

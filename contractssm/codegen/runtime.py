@@ -1096,7 +1096,10 @@ def dense_gradient(t: Tensor) -> Tensor:
     copies the gradient into its zero-padded FFT input anyway (a copy saved, 8 MiB for
     ``full`` (32, 32, 2048)).
     """
-    if t.requires_grad and not isinstance(t.grad_fn, FFTConv._backward_cls):
+    if t.requires_grad and (
+        # Compiled code cannot read grad_fn; it keeps the hook.
+        torch.compiler.is_compiling() or not isinstance(t.grad_fn, FFTConv._backward_cls)
+    ):
         t.register_hook(_contiguous)
     return t
 
