@@ -384,14 +384,19 @@ def test_scratch_reuses_one_buffer_per_slot_and_stays_in_bounds(monkeypatch):
     assert memory.scratch("t.a", (4, 8), torch.float32, "cpu").data_ptr() != d.data_ptr()
     monkeypatch.undo()
     assert memory.scratch("t.a", (4,), torch.float64, "cpu").dtype == torch.float64
-    # First asked for under inference mode, the buffer is a normal tensor: a later training
-    # call may write it.
+    _check_first_asked_for_under_inference_mode(memory.scratch, memory._pool)
+
+
+def _check_first_asked_for_under_inference_mode(alloc, pool):
+    """A buffer first made under inference mode is a normal tensor a training call may write."""
+    from contractssm.codegen import memory
+
     memory.release_scratch()
     with torch.inference_mode():
-        memory.scratch("t.c", (5,), torch.float32, "cpu")
-    memory.scratch("t.c", (5,), torch.float32, "cpu").fill_(1.0)
+        alloc("t.c", (5,), torch.float32, "cpu")
+    alloc("t.c", (5,), torch.float32, "cpu").fill_(1.0)
     memory.release_scratch()
-    assert not memory._pool()
+    assert not pool()
 
 
 @pytest.mark.parametrize(
@@ -474,13 +479,7 @@ def test_kept_buffers_are_reused_only_once_nothing_holds_them(monkeypatch):
     del large, small
     assert memory.kept("t.f", (4,), torch.float32, "cpu").data_ptr() == small_ptr
     assert memory.kept("t.f", (60,), torch.float32, "cpu").data_ptr() == large_ptr
-    # First asked for under inference mode, the buffer is a normal tensor.
-    memory.release_scratch()
-    with torch.inference_mode():
-        memory.kept("t.c", (5,), torch.float32, "cpu")
-    memory.kept("t.c", (5,), torch.float32, "cpu").fill_(1.0)
-    memory.release_scratch()
-    assert not memory._kept_pool()
+    _check_first_asked_for_under_inference_mode(memory.kept, memory._kept_pool)
 
 
 def test_fft_conv_keeps_its_saved_spectra_until_the_backward(monkeypatch):
