@@ -493,7 +493,9 @@ def test_fft_conv_keeps_its_saved_spectra_until_the_backward(monkeypatch):
     signal = torch.randn(5, 4, 16, dtype=torch.float64, requires_grad=True)
 
     def held():
-        bufs = memory._kept_pool().get(("fft_conv.spectrum", torch.complex128), [])
+        bufs = memory._kept_pool().get(
+            ("fft_conv.kernel_spectrum", torch.complex128), []
+        ) + memory._kept_pool().get(("fft_conv.signal_spectrum", torch.complex128), [])
         return len(bufs), sum(memory._storage_users(b) > 1 for b in bufs)
 
     y = rt.fft_conv(kernel, signal, "bdF,adF->abF", 32, 16)

@@ -816,6 +816,7 @@ def _transpose_block(rows: int, cols: int, itemsize: int) -> int | None:
     """Rows per block for :func:`_transposed` (``None``: one plain copy).
 
     ``rows`` rows lie ``cols`` elements (of ``itemsize`` bytes) apart.
+
     A block's columns are read down its rows. Where the rows lie a multiple of 2 KiB apart
     those reads fall into a few cache sets and a plain copy of an input of up to 8 MiB is
     faster: complex64 (257, 1024) 0.46 -> 0.24 ms, (1025, 512) 0.98 -> 0.47 ms, (4097, 256)
@@ -904,8 +905,8 @@ class FFTConv(torch.autograd.Function):
         ctx.mix = _padded_mix(equation, kernel, signal, n)
         if ctx.mix is not None:
             return _mix_forward(ctx, kernel, signal, n, length)
-        fk = _laid_out(_padded_rfft(kernel, n), ctx.major, "fft_conv.spectrum", keep=True)
-        fu = _laid_out(_padded_rfft(signal, n), ctx.major, "fft_conv.spectrum", keep=True)
+        fk = _laid_out(_padded_rfft(kernel, n), ctx.major, "fft_conv.kernel_spectrum", keep=True)
+        fu = _laid_out(_padded_rfft(signal, n), ctx.major, "fft_conv.signal_spectrum", keep=True)
         ctx.save_for_backward(fk, fu)
         spectrum = _product(equation, fk, fu, ctx.major, slot="fft_conv.product")
         return torch.fft.irfft(spectrum, n=n)[..., :length]
