@@ -180,6 +180,45 @@ def test_prepared_stream_and_step_match_the_reference(mode, variant):
     assert max(err_y, err_h, err_step, err_step_h) <= TOL64
 
 
+@pytest.mark.parametrize("dtype, tol", [("float64", TOL64), ("float32", TOL32)])
+def test_prepared_full_stream_with_padded_channel_mix_matches_the_reference(
+    dtype, tol, monkeypatch
+):
+    # At batch 8 and 32 x 32 channels the chunk's frequency-major products are 8 KiB apart
+    # (32 x 32 complex64): rt.spectral_product computes them with a zero row more
+    # (_spectral_mix). float64 (16-byte elements) is moved into that path by MIX_MIN_ROWS
+    # and _pads_apart alone; the sizes are the real ones.
+    from contractssm.codegen import runtime as rt
+
+    if dtype == "float64":
+        monkeypatch.setattr(rt, "_pads_apart", lambda *a: True)
+    taken = []
+    mix = rt._spectral_mix
+    monkeypatch.setattr(rt, "_spectral_mix", lambda *a: taken.append(mix(*a)) or taken[-1])
+    graph = get_graph("full")
+    sizes = dict(b=8, c=32, d=32, n=2, l=64)
+    chunk = 32
+    ops = random_operands(graph, sizes, seed=8)
+    args = canonical_args(graph, ops)
+    h0 = torch.randn(*[sizes[i] for i in graph.state_indices], 2, dtype=torch.float64)
+    p64 = contractssm.plan(graph, sizes, dtype="float64")
+    y_ref, h_ref = reference_with_state(graph, p64, ops, h0)
+    ex = executors(contractssm.plan(graph, {**sizes, "l": chunk}, dtype=dtype))
+    real = getattr(torch, dtype)
+    cplx = torch.complex128 if dtype == "float64" else torch.complex64
+    run = ex.stream.prepare(*(a.to(cplx if a.is_complex() else real) for a in args[1:]))
+    state, ys = h0.to(real), []
+    with torch.no_grad():
+        for x in args[0].to(real).split(chunk, dim=-1):
+            y, state = run(x, state)
+            ys.append(y)
+    err_y = rel_err(torch.cat(ys, dim=-1).double(), y_ref)
+    err_h = rel_err(torch.view_as_complex(state.double()), h_ref)
+    print(f"full {dtype} stream, padded mix: output err {err_y:.2e}, state err {err_h:.2e}")
+    assert any(t is not None for t in taken), "the padded product should have been taken"
+    assert max(err_y, err_h) <= tol
+
+
 @pytest.mark.parametrize("mode", ["full", "dws"])
 def test_prepared_stream_lays_out_its_kernel_spectrum_once(mode):
     # full's FFT chunk mixes channels per frequency (rt.spectral_product, frequency-major):

@@ -230,6 +230,7 @@ def test_fft_conv_padded_channel_mix_matches_the_definition(
     monkeypatch.setattr(rt, "TRANSPOSE_ALIASING_BYTES", 16)
     monkeypatch.setattr(rt, "TRANSPOSE_PLAIN_BYTES", 0)
     monkeypatch.setattr(rt, "TRANSPOSE_BLOCK", 4)
+    monkeypatch.setattr(rt, "_pads_apart", lambda *a: True)
     taken = []
     mix_forward = rt._mix_forward
     monkeypatch.setattr(rt, "_mix_forward", lambda *a: taken.append(1) or mix_forward(*a))
@@ -246,12 +247,83 @@ def test_fft_conv_padded_channel_mix_matches_the_definition(
     "equation", ["bdF,adF->baF", "bdF,adF->abdF", "dF,adF->aF", "bdF,dF->bF", "bdF,daF->abF"]
 )
 def test_padded_channel_mix_only_for_its_layout(monkeypatch, equation):
-    monkeypatch.setattr(rt, "TRANSPOSE_ALIASING_BYTES", 8)
+    monkeypatch.setattr(rt, "_pads_apart", lambda *a: True)
     monkeypatch.setattr(rt, "TRANSPOSE_PLAIN_BYTES", 0)
     ins = equation.split("->")[0].split(",")
     k, u = (torch.zeros([3] * (len(t) - 1) + [8]) for t in ins)
     assert rt._padded_mix(equation, k, u, 16) is None
     assert rt._padded_mix("bdF,adF->abF", torch.zeros(3, 3, 8), torch.zeros(3, 3, 8), 16)
+
+
+@pytest.mark.parametrize(
+    "rows, cols, apart",
+    [
+        (32, 32, True),  # full (32, 32, 2048): rows 8 KiB apart, 8.25 KiB with the pad
+        (8, 64, True),  # full (8, 64, 1024)
+        (4, 128, True),  # full (4, 128, 16384)
+        (1, 256, False),  # every row of 256 complex64 is 2 KiB: the pad cannot help
+        (2, 512, False),  # so is every row of 512
+        (5, 33, False),  # rows do not alias in the first place
+    ],
+)
+def test_a_zero_row_moves_aliasing_products_apart(rows, cols, apart):
+    assert rt._pads_apart(rows, cols, 8) is apart
+
+
+def _spectra(shapes, n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.fft.rfft(torch.randn(s, dtype=torch.float64, generator=gen), n=n) for s in shapes]
+
+
+@pytest.mark.parametrize(
+    "equation, kernel_shape, signal_shape",
+    [
+        ("bdF,adF->abF", (3, 4, 16), (5, 4, 16)),  # full's chunk
+        ("pbdeF,adeF->apbF", (2, 3, 2, 2, 16), (5, 2, 2, 16)),  # groups of several axes
+    ],
+)
+@pytest.mark.parametrize("kernel_laid_out", [False, True])
+def test_spectral_product_padded_mix_matches_the_definition(
+    monkeypatch, equation, kernel_shape, signal_shape, kernel_laid_out
+):
+    monkeypatch.setattr(rt, "_pads_apart", lambda *a: True)
+    monkeypatch.setattr(rt, "MIX_MIN_ROWS", 1)
+    monkeypatch.setattr(rt, "TRANSPOSE_BLOCK", 4)
+    taken = []
+    mix_product = rt._mix_product
+    monkeypatch.setattr(rt, "_mix_product", lambda *a, **k: taken.append(1) or mix_product(*a, **k))
+    p, q = _spectra((kernel_shape, signal_shape), 32, 5)
+    want = torch.einsum(equation, p, q)
+    kernel = rt.frequency_major(p) if kernel_laid_out else p
+    got = rt.spectral_product(equation, kernel, q, (kernel_laid_out, False))
+    # A second product before the first is read: the first's kept buffer is held.
+    other = rt.spectral_product(equation, kernel * 2, q, (kernel_laid_out, False))
+    err = max((got - want).abs().max().item(), (other - 2 * want).abs().max().item())
+    print(f"{equation} laid out {kernel_laid_out}: max error {err:.1e}")
+    assert len(taken) == 2 and got.is_contiguous() and got.shape == want.shape
+    assert err < 1e-12
+
+
+def test_spectral_product_keeps_the_plain_path_under_autograd_and_for_a_laid_out_signal(
+    monkeypatch,
+):
+    monkeypatch.setattr(rt, "_pads_apart", lambda *a: True)
+    monkeypatch.setattr(rt, "MIX_MIN_ROWS", 1)
+    taken = []
+    monkeypatch.setattr(rt, "_mix_product", lambda *a, **k: taken.append(1))
+    equation = "bdF,adF->abF"
+    p, q = _spectra(((3, 4, 16), (5, 4, 16)), 32, 6)
+    want = torch.einsum(equation, p, q)
+    p.requires_grad_()
+    got = rt.spectral_product(equation, p, q)  # autograd records p: no out= product
+    got.abs().sum().backward()
+    laid = rt.spectral_product(equation, p.detach(), rt.frequency_major(q), (False, True))
+    with torch.no_grad():  # too few signal rows
+        monkeypatch.setattr(rt, "MIX_MIN_ROWS", 6)
+        few = rt.spectral_product(equation, p, q)
+    errs = [(t - want).abs().max().item() for t in (got, laid, few)]
+    print(f"plain paths: max errors {errs}")
+    assert not taken and max(errs) < 1e-12 and p.grad is not None
 
 
 def test_dense_gradient_leaves_an_fft_conv_output_to_its_backward():
@@ -293,6 +365,10 @@ def test_fft_conv_scratch_is_never_read_after_reuse(monkeypatch, padded):
     if padded:
         monkeypatch.setattr(rt, "TRANSPOSE_ALIASING_BYTES", 16)
         monkeypatch.setattr(rt, "TRANSPOSE_PLAIN_BYTES", 0)
+        monkeypatch.setattr(rt, "_pads_apart", lambda *a: True)
+        mix_forward = rt._mix_forward
+        taken = []
+        monkeypatch.setattr(rt, "_mix_forward", lambda *a: taken.append(1) or mix_forward(*a))
     memory.release_scratch()
     gen = torch.Generator().manual_seed(3)
     # Channel-summing (frequency-major) and elementwise products, interleaved.
@@ -322,6 +398,8 @@ def test_fft_conv_scratch_is_never_read_after_reuse(monkeypatch, padded):
         ]
         print(f"{equation} n={n}: value and gradient max errors {[f'{e:.1e}' for e in errs]}")
         assert max(errs) < 1e-12
+    if padded:
+        assert len(taken) == 2  # both channel mixes
 
 
 @pytest.mark.parametrize(
