@@ -1026,8 +1026,10 @@ def _padded_mix(equation: str, kernel: Tensor, signal: Tensor, n: int) -> _Mix |
 
 
 def _pads_apart(rows: int, cols: int, itemsize: int) -> bool:
-    """Whether ``(F, rows, cols)`` products alias (:func:`_aliasing`) and one zero row more
-    moves them apart (it does not where a row alone is a multiple of 2 KiB)."""
+    """Whether ``(F, rows, cols)`` products alias and one zero row more moves them apart.
+
+    See :func:`_aliasing`; the zero row cannot help where one row alone is a multiple of 2 KiB.
+    """
     return _aliasing(rows * cols, itemsize) and not _aliasing((rows + 1) * cols, itemsize)
 
 
