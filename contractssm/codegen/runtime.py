@@ -1004,11 +1004,11 @@ def _padded_mix(equation: str, kernel: Tensor, signal: Tensor, n: int) -> _Mix |
 
     The channel mix ``XSF,YSF->YXF`` (kernel axes ``X`` then summed ``S``, signal axes ``Y``
     then ``S``, output ``Y`` then ``X``: ``full``'s ``bdF,adF->abF``) whose frequency-major
-    product rows alias in cache and a zero row moves them apart (:func:`_pads_apart`): products
-    too large for one plain copy, and smaller ones with at least :data:`MIX_MIN_ROWS` signal
-    rows (a plain copy of rows in the same cache sets is slow too: ``full`` (8, 64, 1024),
-    (1025, 8, 64) products, forward+backward 141 -> 130 ms). Not while compiling (scratch
-    and strided ``out=`` are eager-only).
+    product rows alias in cache and a zero row moves them apart (:func:`_pads_apart`), too
+    large for one plain copy. (Smaller ones measured no faster forward+backward: ``full``
+    (8, 64, 1024), (1025, 8, 64) products, 0.99-1.02x in 3 processes of 21 rounds; the
+    backward's products have a zero row too.) Not while compiling (scratch and strided
+    ``out=`` are eager-only).
     """
     axes = _mix_axes(equation)
     if axes is None or torch.compiler.is_compiling():
@@ -1018,8 +1018,7 @@ def _padded_mix(equation: str, kernel: Tensor, signal: Tensor, n: int) -> _Mix |
     y_shape = tuple(signal.shape[:ny])
     x, y = math.prod(x_shape), math.prod(y_shape)
     itemsize = 2 * kernel.element_size()  # the spectra are complex
-    large = (n // 2 + 1) * y * x * itemsize > TRANSPOSE_PLAIN_BYTES
-    if not _pads_apart(y, x, itemsize) or not (large or y >= MIX_MIN_ROWS):
+    if not _pads_apart(y, x, itemsize) or (n // 2 + 1) * y * x * itemsize <= TRANSPOSE_PLAIN_BYTES:
         return None
     s = math.prod(kernel.shape[nx:-1])
     return _Mix(x, y, s, tuple(kernel.shape[:-1]), tuple(signal.shape[:-1]), y_shape + x_shape)
