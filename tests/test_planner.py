@@ -551,7 +551,7 @@ def test_unknown_option_raises_plan_error(option, value):
 
 def test_memory_limit_is_honoured():
     # dws at these sizes: the fastest plan is not the leanest, so a limit changes the choice.
-    mode, sizes = "dws", {"b": 8, "c": 32, "n": 16, "l": 2048}
+    mode, sizes = "dws", {"b": 4, "c": 32, "n": 16, "l": 2048}
     canon = get_graph(mode).canonical()
     cands, _, _ = search(
         canon.graph, canon.rename_sizes(sizes), profile_for("cpu", "cpu"), 4, requires_grad=False
