@@ -168,7 +168,7 @@ def default_profile(device_kind: str = "cpu") -> MachineProfile:
             "complex": {"small": 4.0, "medium": 25.0, "large": 60.0},
         },
         # 4 GB/s until session 17. Replayed against both recorded grids (benchmarks.replay
-        # docs/bench-session16.json docs/bench-session17.json --scale elementwise_gbps=2),
+        # docs/bench-session16.json docs/bench-session17a.json --scale elementwise_gbps=2),
         # 8 moved three picks, each 0.87-0.97x as fast in both runs but one (s5 at batch 1,
         # 256 channels: 1.06x and 0.95x); worst regret 1.409 -> 1.229 and 1.274 -> 1.274.
         # This machine measures 34-40 (contractssm calibrate); the full calibrated profile
