@@ -190,8 +190,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as err:
         raise SystemExit(str(err)) from None
     for path in args.records:
-        with open(path) as fh:
-            cases = json.load(fh)["cases"]
+        try:
+            with open(path) as fh:
+                cases = json.load(fh)["cases"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SystemExit(f"replay: {path}: not a readable grid record ({err!r})") from None
         print(f"{path}:")
         print(summary(replay(cases, profile)))
 

@@ -93,3 +93,8 @@ def test_main_prints_each_record_and_refuses_a_malformed_assignment(tmp_path, ca
         replay.main([str(path), "--set", "fft_gflops"])
     with pytest.raises(SystemExit, match="not a profile rate"):
         replay.main([str(path), "--set", "fft=3"])
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    for record in (bad, tmp_path / "missing.json"):
+        with pytest.raises(SystemExit, match=f"{record.name}: not a readable grid record"):
+            replay.main([str(record)])
