@@ -36,7 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -443,11 +443,16 @@ def strategy_regret(timed: dict[str, tuple[str, float]]) -> float:
     kept it) counts by the mean of its medians: the same code measured twice differs only
     by noise, which must not show up as regret.
     """
-    by_strategy: dict[str, list[float]] = {}
-    for strategy, ms in timed.values():
-        by_strategy.setdefault(strategy, []).append(ms)
-    mean = {k: statistics.fmean(v) for k, v in by_strategy.items()}
+    mean = strategy_means(timed.values())
     return mean[timed["planner"][0]] / min(mean.values())
+
+
+def strategy_means(timed: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """Milliseconds per strategy from (strategy, ms) pairs: the mean of a strategy timed twice."""
+    by_strategy: dict[str, list[float]] = {}
+    for strategy, ms in timed:
+        by_strategy.setdefault(strategy, []).append(ms)
+    return {k: statistics.fmean(v) for k, v in by_strategy.items()}
 
 
 # -- one case in a fresh process ------------------------------------------------------------------

@@ -21,11 +21,10 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import statistics
 from collections.abc import Iterator, Mapping, Sequence
 
-from benchmarks.bench import _plan
+from benchmarks.bench import _plan, strategy_means
 from contractssm.planner import api
 from contractssm.planner.profile import SIZE_CLASSES, MachineProfile, default_profile
 
@@ -109,11 +108,12 @@ def measured_times(case: Mapping) -> dict[str, float]:
     A strategy timed by two contenders (the plan and an autotuned plan that kept it) counts
     by the mean of its medians, as the recorded regret does (``bench.strategy_regret``).
     """
-    timed: dict[str, list[float]] = {}
-    for contender in (case["planner"], case.get("autotuned"), *case.get("candidates", ())):
-        if contender and contender.get("strategy") and contender.get("fwdbwd_ms") is not None:
-            timed.setdefault(contender["strategy"], []).append(contender["fwdbwd_ms"])
-    return {strategy: statistics.fmean(ms) for strategy, ms in timed.items()}
+    contenders = (case["planner"], case.get("autotuned"), *case.get("candidates", ()))
+    return strategy_means(
+        (c["strategy"], c["fwdbwd_ms"])
+        for c in contenders
+        if c and c.get("strategy") and c.get("fwdbwd_ms") is not None
+    )
 
 
 def replay(cases: Sequence[Mapping], profile: MachineProfile) -> list[Replayed]:
@@ -142,7 +142,7 @@ def summary(rows: Sequence[Replayed]) -> str:
     regrets = [r.regret for r in rows if r.regret is not None]
     lines = []
     if regrets:
-        geomean = math.exp(statistics.fmean(math.log(x) for x in regrets))
+        geomean = statistics.geometric_mean(regrets)
         lines.append(
             f"regret over {len(regrets)} measured picks: median {statistics.median(regrets):.3f}, "
             f"worst {max(regrets):.3f}, geometric mean {geomean:.3f}"
